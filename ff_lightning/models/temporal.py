@@ -1,0 +1,126 @@
+"""Shared temporal primitives: fold/unfold of frames and the one merge module used by the UNets and the decoder.
+
+Frames of a video travel folded into the batch, ``(b t) c h w``. A temporal op unfolds them to ``b c t h w`` with
+einops (named axes), works along ``t`` and folds back. ``num_frames`` is passed with the call, never stored on a
+module from outside.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from functools import partial
+
+import torch
+from einops import rearrange
+from torch import nn
+
+__all__ = ["unfold_frames", "fold_frames", "AlphaMerge", "TemporalConv3d", "zero_module", "flatten_merge_keys"]
+
+
+def unfold_frames(x: torch.Tensor, num_frames: int) -> torch.Tensor:
+    """``(b t) c h w`` -> ``b c t h w``."""
+    if x.shape[0] % num_frames:
+        raise ValueError(f"batch of {x.shape[0]} rows is not a multiple of num_frames={num_frames}")
+    return rearrange(x, "(b t) c h w -> b c t h w", t=num_frames)
+
+
+def fold_frames(x: torch.Tensor) -> torch.Tensor:
+    """``b c t h w`` -> ``(b t) c h w``."""
+    return rearrange(x, "b c t h w -> (b t) c h w")
+
+
+def zero_module(module: nn.Module) -> nn.Module:
+    """Zero every parameter of ``module`` in place and return it."""
+    with torch.no_grad():
+        for p in module.parameters():
+            p.zero_()
+    return module
+
+
+class AlphaMerge(nn.Module):
+    """Blend a spatial output with its temporal refinement: ``(1 - a) * spatial + a * temporal``.
+
+    ``learned=True`` (the released models): ``a`` is a trainable scalar parameter named ``alpha`` (shape ``(1,)``),
+    initialised to ``init`` (0 gives the image model back exactly). ``learned=False``: ``a`` is a fixed buffer.
+    Shapes of both inputs are equal and arbitrary.
+    """
+
+    def __init__(self, init: float = 0.0, learned: bool = True) -> None:
+        super().__init__()
+        a = torch.full((1,), float(init))
+        if learned:
+            self.alpha = nn.Parameter(a)
+        else:
+            self.register_buffer("alpha", a)
+
+    def forward(self, spatial: torch.Tensor, temporal: torch.Tensor) -> torch.Tensor:
+        a = self.alpha.to(spatial.dtype)
+        return (1 - a) * spatial + a * temporal
+
+
+class TemporalConv3d(nn.Module):
+    """A Conv3d over frames of folded input; kernel ``(kt, kh, kw)`` with "same" padding, channels preserved.
+
+    Input and output ``(b t) c h w``; the conv runs on ``b c t h w``. ``zero_init`` zeroes weight and bias so the
+    module outputs zeros at initialisation (merged with :class:`AlphaMerge` it starts as an identity either way).
+    Models whose released state dicts keep the Conv3d at the top level may use a plain ``nn.Conv3d`` with
+    :func:`unfold_frames` / :func:`fold_frames` instead.
+    """
+
+    def __init__(self, channels: int, kernel: tuple[int, int, int] = (3, 1, 1), zero_init: bool = True) -> None:
+        super().__init__()
+        pad = tuple(k // 2 for k in kernel)
+        self.conv = nn.Conv3d(channels, channels, kernel, padding=pad)
+        if zero_init:
+            zero_module(self.conv)
+
+    def forward(self, x: torch.Tensor, num_frames: int) -> torch.Tensor:
+        h = unfold_frames(x, num_frames)  # b c t h w
+        h = self.conv(h)  # b c t h w
+        return fold_frames(h)  # (b t) c h w
+
+
+def flatten_merge_keys(module: nn.Module, names: Sequence[str]) -> None:
+    """Save and load the :class:`AlphaMerge` children ``names`` of ``module`` under bare state-dict keys.
+
+    The released checkpoints keep each merge scalar as a plain parameter of the block (key ``temporal_merge1``,
+    shape ``(1,)``), while ours lives in an :class:`AlphaMerge` child (``temporal_merge1.alpha``). After this call
+    ``module.state_dict()`` writes ``<prefix>temporal_merge1`` (placed first among the module's own entries, where the
+    released layout has it) and ``load_state_dict`` accepts either spelling. ``named_parameters()`` is unchanged.
+    """
+    names = tuple(names)
+    for name in names:
+        if not isinstance(getattr(module, name, None), AlphaMerge):
+            raise TypeError(f"{type(module).__name__}.{name} is not an AlphaMerge")
+    module.register_state_dict_post_hook(partial(_flatten_on_save, names=names))
+    module.register_load_state_dict_pre_hook(partial(_unflatten_on_load, names=names))
+
+
+def _flatten_on_save(module: nn.Module, state_dict: dict, prefix: str, local_metadata: dict, *, names: tuple) -> None:
+    # This module's entries are the last ones written (contiguous, all under ``prefix``): pop them and re-insert
+    # with the bare merge keys first, keeping every other entry's order.
+    own = [k for k in state_dict if k.startswith(prefix)]
+    entries = {k: state_dict.pop(k) for k in own}
+    for name in names:
+        key = f"{prefix}{name}.alpha"
+        if key in entries:
+            state_dict[f"{prefix}{name}"] = entries.pop(key)
+    state_dict.update(entries)
+
+
+def _unflatten_on_load(
+    module: nn.Module,
+    state_dict: dict,
+    prefix: str,
+    local_metadata: dict,
+    strict: bool,
+    missing: list,
+    unexpected: list,
+    errors: list,
+    *,
+    names: tuple,
+) -> None:
+    for name in names:
+        bare, nested = f"{prefix}{name}", f"{prefix}{name}.alpha"
+        if bare in state_dict and nested not in state_dict:
+            state_dict[nested] = state_dict.pop(bare)
