@@ -70,3 +70,12 @@ def _env(cache: Path) -> dict[str, str]:
     import os
 
     return {**os.environ, "FF_CACHE_DIR": str(cache)}
+
+
+def test_params_tiny_variant_matches_a_real_build(capsys: pytest.CaptureFixture[str]) -> None:
+    from ff_lightning import registry
+
+    assert main(["params", "decoder", "conv3x1x1", "--json"]) == 0  # default preset: tiny
+    row = json.loads(capsys.readouterr().out)
+    real = registry.param_counts(registry.build("decoder", "conv3x1x1", "tiny"))
+    assert row["preset"] == "tiny" and row["total"] == real["total"] > 0
