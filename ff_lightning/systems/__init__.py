@@ -16,6 +16,8 @@ from ff_lightning.registry import UnknownChoiceError
 _SYSTEMS: dict[str, tuple[str, str, str]] = {
     "decoder": ("ff_lightning.systems.decoder", "DecoderModule", "DecoderSystemConfig"),
     "movq": ("ff_lightning.systems.movq", "MoVQModule", "MoVQSystemConfig"),
+    "t2i": ("ff_lightning.systems.t2i", "T2IModule", "T2ISystemConfig"),
+    "keyframes": ("ff_lightning.systems.keyframes", "KeyframesModule", "KeyframesSystemConfig"),
 }
 
 

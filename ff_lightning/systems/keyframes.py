@@ -1,0 +1,266 @@
+"""``KeyframesModule``: a trained text-to-image UNet extended in time and fine-tuned on clips (keyframe generation).
+
+Setup: the Kandinsky 3 UNet of ``model.preset`` (+ ``model.overrides``) gets the weights of ``module.t2i_ckpt`` (a
+checkpoint of the ``t2i`` system, its EMA weights when it has them and ``t2i_use_ema``; or a bare UNet state dict),
+then :func:`~ff_lightning.models.keyframes.keyframe_unet_from_t2i` converts it to ``model.variant`` (a keyframe kind:
+``blocks_conv1d_attn1d`` = the release, ``layers`` = the paper's baseline, ...; ``model.component: keyframe_unet``).
+Spatial weights stay frozen and bit-exact; only the temporal layers / blocks (and the frame-position MLP) train, plus
+the text projection and null embedding when ``module.train_text_projection``. Without a checkpoint the system refuses
+to start unless ``module.allow_random_t2i`` (tests).
+
+Training: clips ``(B, T, C, H, W)`` of ``data.num_frames`` frames -> frozen MoVQ latents ``(B T) 4 h w`` -> one
+timestep and one caption per clip (null prompt with probability ``cfg_dropout``), independent noise per frame ->
+MSE of the eps / v prediction over all frames.
+
+Frame rate: the temporal attention sees frame positions ``0, s, 2s, ...`` with ``s = unit * step``: ``unit`` is
+``module.frame_position_unit`` (default the release's ``180 // num_frames``) and ``step`` the number of source frames
+between consecutive frames of the clip (``data.stride``, or ``source_fps / data.fps`` when resampled to a frame rate;
+read per clip from the batch). Clips sampled twice as far apart get positions twice as far apart; that is how the
+model is told the frame rate. ``frame_rate_conditioning: false`` always uses ``step = 1``. Samples use
+``step = module.sample_frame_step`` (default ``data.stride``).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange, repeat
+from torch import nn
+
+from ff_lightning import registry
+from ff_lightning.config import ConfigError
+from ff_lightning.models.keyframes import KEYFRAME_DESIGNS, KeyframeUNet, default_frame_stride, keyframe_unet_from_t2i
+from ff_lightning.models.unet import KandinskyUNet
+from ff_lightning.systems.t2i import DiffusionSystemConfig, LatentDiffusionSystem, _draw
+
+__all__ = ["KeyframesSystemConfig", "KeyframesModule", "read_t2i_checkpoint", "T2IWeights"]
+
+log = logging.getLogger(__name__)
+
+CONVERSION_KEYS = ("num_frames", "frame_stride", "zero_init_ffn")  # model.overrides for the conversion, not the UNet
+
+
+@dataclass
+class KeyframesSystemConfig(DiffusionSystemConfig):
+    """``module:`` section of the ``keyframes`` system."""
+
+    t2i_ckpt: str | None = None  # the trained text-to-image model (a t2i-system checkpoint or a UNet state dict)
+    t2i_use_ema: bool = True  # take the EMA weights of a t2i checkpoint that has them
+    allow_random_t2i: bool = False  # tests only: a randomly initialised image UNet
+    train_text_projection: bool = False  # also fine-tune the text projection and the null embedding
+    frame_position_unit: float | None = None  # None: the release's 180 // num_frames
+    frame_rate_conditioning: bool = True  # scale frame positions by the clip's source-frame step
+    sample_frame_step: float | None = None  # source-frame step of logged samples (None: data.stride)
+
+
+@dataclass
+class T2IWeights:
+    """What a text-to-image checkpoint provides: UNet state dict, optional projection / null embedding state dicts,
+    and the experiment config it was trained with (None for bare state dicts)."""
+
+    unet: dict[str, torch.Tensor]
+    text_projection: dict[str, torch.Tensor] | None
+    null_embedding: dict[str, torch.Tensor] | None
+    config: dict[str, Any] | None
+    used_ema: bool = False
+
+
+T2I_CKPT_HINT = (
+    "Train one with the t2i system (`ff train experiments/t2i/tiny.yaml module.movq_ckpt=...`; its "
+    "checkpoints/last.ckpt) or pass a Kandinsky 3 UNet state dict (see ff_lightning.interop.unet)."
+)
+
+
+def _sub(state: Mapping[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    return {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+
+
+def read_t2i_checkpoint(path: str | Path, use_ema: bool = True) -> T2IWeights:
+    """Read a ``t2i`` system checkpoint (Lightning ``.ckpt``: ``state_dict`` with ``unet.*``, ``text_projection.*``,
+    ``null_embedding.*``; ``ema_state_dict``; ``hyper_parameters.config``) or a bare UNet state dict.
+
+    Files are read with ``torch.load(weights_only=True)`` (or safetensors): arbitrary pickles are refused.
+    """
+    from ff_lightning.interop.unet import read_unet_checkpoint
+
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"module.t2i_ckpt not found: {path}. {T2I_CKPT_HINT}")
+    obj: Any = None
+    if path.suffix != ".safetensors":
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:  # not a weights-only pickle: let the interop reader explain
+            log.debug("torch.load(weights_only) of %s failed: %s", path, e)
+    if isinstance(obj, Mapping) and isinstance(obj.get("state_dict"), Mapping):
+        state = dict(obj["state_dict"])
+        ema = obj.get("ema_state_dict") if use_ema else None
+        used_ema = bool(ema)
+        if ema:
+            state.update({k: v for k, v in ema.items() if k in state})
+        hp = obj.get("hyper_parameters") or {}
+        config = hp.get("config") if isinstance(hp, Mapping) else None
+    else:
+        state = read_unet_checkpoint(path, T2I_CKPT_HINT)
+        config, used_ema = None, False
+    unet = _sub(state, "unet.")
+    if not unet:  # a bare UNet state dict
+        unet = {k: v for k, v in state.items() if not k.startswith(("text_projection.", "null_embedding."))}
+    return T2IWeights(
+        unet=unet,
+        text_projection=_sub(state, "text_projection.") or None,
+        null_embedding=_sub(state, "null_embedding.") or None,
+        config=dict(config) if isinstance(config, Mapping) else None,
+        used_ema=used_ema,
+    )
+
+
+def _config_mismatches(cfg: Any, t2i_config: Mapping[str, Any]) -> list[str]:
+    """Settings of this run that must equal those the text-to-image model was trained with."""
+    from omegaconf import OmegaConf
+
+    ours = OmegaConf.to_container(cfg, resolve=True)
+    assert isinstance(ours, dict)
+    problems = []
+    for section, key in (("model", "preset"), ("module", "text_encoder"), ("module", "text_max_length")):
+        theirs_v = (t2i_config.get(section) or {}).get(key)
+        ours_v = ours[section].get(key)
+        if theirs_v != ours_v:
+            problems.append(f"{section}.{key}: t2i checkpoint {theirs_v!r}, this run {ours_v!r}")
+    theirs_over = dict((t2i_config.get("model") or {}).get("overrides") or {})
+    ours_over = {k: v for k, v in dict(ours["model"].get("overrides") or {}).items() if k not in CONVERSION_KEYS}
+    if theirs_over != ours_over:
+        problems.append(f"model.overrides: t2i checkpoint {theirs_over}, this run {ours_over}")
+    return problems
+
+
+class KeyframesModule(LatentDiffusionSystem):
+    """Keyframe generation: a frozen text-to-image UNet with trainable temporal parts (see the module docstring)."""
+
+    unet: KeyframeUNet
+
+    def build_unet(self) -> nn.Module:
+        cfg, m = self.cfg, self.m
+        mc = cfg.model
+        if mc.component != "keyframe_unet":
+            raise ConfigError(f"the keyframes system needs model.component=keyframe_unet, got {mc.component!r}")
+        if mc.variant not in KEYFRAME_DESIGNS:
+            raise ConfigError(f"unknown keyframe variant {mc.variant!r}; valid choices: {', '.join(KEYFRAME_DESIGNS)}")
+        overrides = dict(mc.overrides)
+        conversion = {k: overrides.pop(k) for k in CONVERSION_KEYS if k in overrides}
+        num_frames = int(cfg.data.num_frames)
+        if conversion.pop("num_frames", num_frames) != num_frames:
+            raise ConfigError("model.overrides.num_frames must equal data.num_frames (or be left out)")
+        image = registry.build("t2i_unet", "kandinsky3", mc.preset, **overrides)
+        assert isinstance(image, KandinskyUNet)
+        self._t2i: T2IWeights | None = None
+        if m.t2i_ckpt:
+            self._t2i = read_t2i_checkpoint(m.t2i_ckpt, m.t2i_use_ema)
+            if self._t2i.config is not None:
+                problems = _config_mismatches(cfg, self._t2i.config)
+                if problems:
+                    raise ConfigError(
+                        f"module.t2i_ckpt={m.t2i_ckpt} was trained with other settings:\n  " + "\n  ".join(problems)
+                    )
+            missing, unexpected = image.load_state_dict(self._t2i.unet, strict=False)
+            if missing or unexpected:
+                raise ConfigError(
+                    f"module.t2i_ckpt={m.t2i_ckpt} does not fit the t2i UNet of model.preset={mc.preset!r}: "
+                    f"{len(missing)} missing keys (e.g. {missing[:3]}), {len(unexpected)} unexpected (e.g. "
+                    f"{unexpected[:3]})"
+                )
+            log.info("loaded the t2i UNet from %s%s", m.t2i_ckpt, " (EMA weights)" if self._t2i.used_ema else "")
+        elif not m.allow_random_t2i:
+            raise ConfigError(
+                "module.t2i_ckpt is not set: the keyframe model extends a trained text-to-image UNet. "
+                f"{T2I_CKPT_HINT} module.allow_random_t2i=true is for tests only."
+            )
+        self.num_frames = num_frames
+        self.position_unit = float(m.frame_position_unit or default_frame_stride(num_frames))
+        return keyframe_unet_from_t2i(image, mc.variant, num_frames, copy=False, freeze_spatial=True, **conversion)
+
+    def configure_trainable(self) -> None:
+        t2i = self.__dict__.pop("_t2i", None)
+        if t2i is not None:
+            if t2i.text_projection is not None:
+                self.text_projection.load_state_dict(t2i.text_projection)
+            if t2i.null_embedding is not None:
+                self.null_embedding.load_state_dict(t2i.null_embedding)
+            if t2i.text_projection is None and self.m.text_encoder != "t5":
+                log.warning("module.t2i_ckpt has no text projection: it starts from random weights")
+        train_text = bool(self.m.train_text_projection)
+        self.text_projection.requires_grad_(train_text)
+        self.null_embedding.requires_grad_(train_text)
+        self.unet.freeze_inherited(True)
+
+    # ----------------------------------------------------------------------------------------------- frame rate
+    def frame_strides(self, batch: Mapping[str, Any], videos: int) -> torch.Tensor:
+        """Frame-position stride per clip ``(videos,)``: ``unit * source-frame step`` (see the module docstring)."""
+        steps = [1.0] * videos
+        if self.m.frame_rate_conditioning:
+            default = float(self.cfg.data.stride)
+            metas = batch.get("meta") or [{}] * videos
+            steps = [_source_step(meta, default) for meta in metas]
+        return torch.tensor(steps, device=self.device) * self.position_unit
+
+    # ------------------------------------------------------------------------------------------------- training
+    def diffusion_loss(self, batch: Mapping[str, Any], generator: torch.Generator | None = None) -> torch.Tensor:
+        """``video (B, T, C, H, W)`` -> MSE of the eps / v prediction over the ``(B T)`` frame latents."""
+        video = batch["video"]
+        b, t = video.shape[:2]
+        if t != self.num_frames:
+            raise ValueError(f"clips of {t} frames for a keyframe model of {self.num_frames} (data.num_frames)")
+        x0 = self.encode_frames(rearrange(video, "b t c h w -> (b t) c h w"))  # (b t) 4 h w
+        context, mask = self.text_condition(batch["caption"], drop=generator is None)  # per clip: b l c, b l
+        steps, noise = _draw(self.schedule, x0, b, generator)  # one step per clip, noise per frame
+        steps = repeat(steps, "b -> (b t)", t=t)  # (b t): every frame at its clip's step
+        x_t = self.schedule.q_sample(x0, steps, noise)
+        out = self.unet(x_t, steps.to(x0.dtype), context, mask, num_frames=t, frame_stride=self.frame_strides(batch, b))
+        target = self.schedule.target(self.m.prediction, x0, noise, steps)
+        return F.mse_loss(out.float(), target.float())
+
+    # ------------------------------------------------------------------------------------------------- sampling
+    @torch.no_grad()
+    def generate(
+        self,
+        prompts: Sequence[str],
+        latent_size: tuple[int, int],
+        decode: bool = True,
+        frame_step: float | None = None,
+        **kwargs: Any,
+    ) -> torch.Tensor:
+        """Keyframe videos for ``prompts``: ``(B, T, 3, H, W)`` decoded (or latents ``(B, T, 4, h, w)``).
+
+        ``frame_step``: source-frame step to condition on (default ``module.sample_frame_step``, else
+        ``data.stride``). ``kwargs``: ``steps``, ``sampler``, ``guidance_weight``, ``seed``, ``progress``.
+        Dynamic thresholding takes one quantile per video.
+        """
+        h, w = latent_size
+        t = self.num_frames
+        step = frame_step or self.m.sample_frame_step or float(self.cfg.data.stride)
+        stride = float(step) * self.position_unit
+        channels = int(self.unet.config["num_channels"])
+
+        def model_fn(x: torch.Tensor, time: torch.Tensor, c: torch.Tensor, m: torch.Tensor | None) -> torch.Tensor:
+            return self.unet(x, time, c, m, num_frames=t, frame_stride=stride)
+
+        shape = (len(prompts) * t, channels, h, w)
+        latents = self.run_sampler(model_fn, prompts, shape, threshold_group=t, **kwargs)  # (b t) 4 h w
+        out = self.decode_latents(latents, num_frames=t) if decode else latents
+        return rearrange(out, "(b t) c h w -> b t c h w", t=t)  # b t c H W
+
+
+def _source_step(meta: Mapping[str, Any], default: float) -> float:
+    """Source frames between consecutive frames of a clip, from its batch ``meta`` (stride, or source_fps / fps)."""
+    if meta.get("stride") is not None:
+        return float(meta["stride"])
+    fps, source_fps = meta.get("fps"), meta.get("source_fps")
+    if fps and source_fps:
+        return float(source_fps) / float(fps)
+    return default
