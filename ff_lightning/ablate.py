@@ -91,6 +91,21 @@ def _lookup(table: dict[str, tuple[str, str]], what: str, name: str) -> Callable
 
 
 # ------------------------------------------------------------------------------------------------------- composing
+_SWEEP_KEYS = ("output", "cache_dir")  # sweep keys that may be overridden from the command line
+
+
+def _check_row(cfg: DictConfig, where: str = "") -> None:
+    """The system's own weight-free checks of a composed row config (e.g. a decoder policy), if it has any."""
+    from ff_lightning.systems import system_class
+
+    check = getattr(system_class(cfg.system), "check_config", None)
+    if check is not None:
+        try:
+            check(cfg)
+        except ConfigError as e:
+            raise ConfigError(f"{where}: {e}" if where else str(e)) from None
+
+
 def load_sweep(path: str | Path, overrides: Sequence[str] = ()) -> tuple[SweepConfig, Path]:
     """Read and validate a sweep yaml; ``overrides`` (key=value) go to sweep keys, aliases or every row's config."""
     path = Path(path).resolve()
@@ -108,10 +123,12 @@ def load_sweep(path: str | Path, overrides: Sequence[str] = ()) -> tuple[SweepCo
         parsed = OmegaConf.from_dotlist([f"v={value}"]).v
         if key in sw.aliases:
             sw.overrides[sw.aliases[key]] = parsed
+        elif key in _SWEEP_KEYS:
+            setattr(sw, key, None if parsed is None else str(parsed))
         elif "." in key:
             sw.overrides[key] = parsed
         else:
-            valid = sorted([*sw.aliases, "<section>.<key> of the experiment config"])
+            valid = sorted([*sw.aliases, *_SWEEP_KEYS, "<section>.<key> of the experiment config"])
             raise ConfigError(f"unknown sweep override {key!r}; valid: {', '.join(valid)}")
     names = [r.name for r in sw.rows]
     if len(set(names)) != len(names):
@@ -195,7 +212,7 @@ def run_sweep(
         raise UnknownChoiceError("sweep row", ",".join(sorted(set(only) - {r.name for r in rows})), [r.name for r in sw.rows])
     # validate every row before any work starts (no prepare output yet: injected keys are validated after prepare)
     for row in rows:
-        _row_config(sw, sweep_path, row, {})
+        _check_row(_row_config(sw, sweep_path, row, {}), f"{sweep_path.name} row {row.name!r}")
     injected: dict[str, Any] = {}
     if sw.prepare:
         probe = _row_config(sw, sweep_path, rows[0], {})

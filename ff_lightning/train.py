@@ -1,7 +1,8 @@
 """Lightning fit from a validated experiment config (what ``ff train`` runs).
 
 The run directory is ``run.output_dir/run.name/version_N`` (TensorBoard logger). The resolved config is written there
-as ``config.yaml`` before training starts, and checkpoints go to its ``checkpoints/`` folder.
+as ``config.yaml`` before training starts, and checkpoints go to its ``checkpoints/`` folder. ``trainer.max_steps=0``
+only validates the model as built (no optimiser is configured, so a fully frozen model can be evaluated).
 """
 
 from __future__ import annotations
@@ -74,7 +75,10 @@ def fit(cfg: DictConfig, *, extra_callbacks: list[Any] | None = None) -> RunResu
     )
     callbacks = [ckpt_cb, LearningRateMonitor(logging_interval="step"), SkippedSamplesLogger(), *(extra_callbacks or [])]
     trainer = L.Trainer(logger=logger, callbacks=callbacks, default_root_dir=str(run_dir), **_trainer_kwargs(cfg))
-    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    if cfg.trainer.max_steps == 0:  # evaluate as built (e.g. module.policy=none): no optimiser, no checkpoint
+        trainer.validate(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    else:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     last = Path(ckpt_cb.last_model_path) if ckpt_cb.last_model_path else None
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if getattr(v, "numel", lambda: 1)() == 1}
     return RunResult(run_dir, last, metrics, module, trainer)

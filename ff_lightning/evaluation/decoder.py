@@ -48,6 +48,12 @@ def _lpips_model(path: str | None) -> tuple[Any, str | None]:
         return None, msg
 
 
+def _eval_device(cfg: DictConfig) -> torch.device:
+    """The GPU when the run may use one (``trainer.accelerator`` auto / gpu / cuda), else the CPU."""
+    use_gpu = str(cfg.trainer.accelerator) in ("auto", "gpu", "cuda") and torch.cuda.is_available()
+    return torch.device("cuda" if use_gpu else "cpu")
+
+
 @torch.no_grad()
 def evaluate_decoder(module: Any, cfg: DictConfig) -> dict[str, dict[str, Any]]:
     """Reconstruct every held-out sequence with ``module`` (a DecoderModule) and summarise the metrics."""
@@ -59,14 +65,17 @@ def evaluate_decoder(module: Any, cfg: DictConfig) -> dict[str, dict[str, Any]]:
     dm.setup("validate")
     loader = dm.val_dataloader()
     lp_model, lp_reason = _lpips_model(cfg.module.lpips_weights)
-    module.eval()
+    device = _eval_device(cfg)
+    module.to(device).eval()  # Lightning hands a trained module back on the CPU
+    if lp_model is not None:
+        lp_model.to(device)
     params = module.trainable_parameters()
     if module.ema is not None:
         module.ema.swap_in(params)
     vals: dict[str, list[torch.Tensor]] = {k: [] for k in ("psnr", "ssim", "mse", "lpips", "flicker")}
     try:
         for batch in tqdm(loader, desc="evaluate decoder", leave=False):
-            video = batch["video"]  # b t c h w in [-1, 1]
+            video = batch["video"].to(device)  # b t c h w in [-1, 1]
             b, t = video.shape[:2]
             frames = rearrange(video, "b t c h w -> (b t) c h w")  # fold frames into the batch
             latent = module.encode(frames)
@@ -82,7 +91,7 @@ def evaluate_decoder(module: Any, cfg: DictConfig) -> dict[str, dict[str, Any]]:
     finally:
         if module.ema is not None:
             module.ema.swap_out(params)
-    out = {k: summarize(torch.cat(v)) for k, v in vals.items() if v}
+    out = {k: summarize(torch.cat(v).cpu()) for k, v in vals.items() if v}
     if lp_model is None:
         out["lpips"] = summarize(None, lp_reason)
     return out
@@ -111,7 +120,7 @@ def prepare_movq(probe: DictConfig, experiment: Path | None, redo: bool) -> dict
         raise ConfigError("the sweep sets neither movq_ckpt nor prepare_experiment (the image-MoVQ experiment yaml)")
     exp = experiment
     data_over = [f"data.{k}={_fmt(v)}" for k, v in OmegaConf.to_container(probe.data, resolve=True).items()
-                 if k in ("source", "root", "annotations", "size", "seed") and v is not None]
+                 if k in ("source", "root", "annotations", "size", "seed", "cache_dir") and v is not None]
     data_over = [d.replace("'", "") for d in data_over]
     cfg = load_config(exp, [*data_over, f"model.preset={probe.model.preset}", f"run.output_dir={probe.run.output_dir}"])
     key = config_hash(cfg)

@@ -32,7 +32,7 @@ class AutoencoderLossConfig:
     lpips_weight: float = 0.0  # needs the AlexNet backbone file (see ff_lightning.metrics.weights); never random
     lpips_weights: str | None = None  # explicit path to the AlexNet backbone weights
     gan_weight: float = 0.0  # 0 disables the discriminator (MoVQGAN uses 0.8)
-    gan_start_step: int = 0
+    gan_start_step: int = 0  # in optimiser steps (Lightning's global_step: 2 per batch once the GAN is active)
     disc_layers: int = 2
     disc_channels: int = 64
     disc_lr: float | None = None  # None: optim.lr
@@ -119,7 +119,9 @@ class AutoencoderSystem(L.LightningModule):
         use_gan = self.discriminator is not None and self.global_step >= self.m.gan_start_step
         if use_gan:
             g = generator_loss(self.discriminator(pred))
-            w = adaptive_gan_weight(loss, g, self.last_layer())
+            layer = self.last_layer()
+            # a frozen last layer (policy "temporal") has no gradient: balance the two losses at the output instead
+            w = adaptive_gan_weight(loss, g, layer if layer.requires_grad else pred)
             loss = loss + self.m.gan_weight * w * g
             logs.update({"train/g_loss": g.detach(), "train/gan_adaptive_w": w})
         if not torch.isfinite(loss):

@@ -25,7 +25,7 @@ from ff_lightning.config import ConfigError
 from ff_lightning.models.video_decoder import apply_finetune_policy, video_decoder_from_image
 from ff_lightning.systems.autoencoder import AutoencoderLossConfig, AutoencoderSystem
 
-__all__ = ["DecoderSystemConfig", "DecoderModule", "build_video_movq"]
+__all__ = ["DecoderSystemConfig", "DecoderModule", "build_video_movq", "check_config"]
 
 POLICIES = ("decoder", "temporal", "none")
 
@@ -40,15 +40,26 @@ class DecoderSystemConfig(AutoencoderLossConfig):
     eval_chunk_frames: int | None = None  # decode long held-out videos in chunks of this many frames
 
 
-def build_video_movq(cfg: DictConfig) -> nn.Module:
-    """The image MoVQ at ``cfg.model.preset`` (weights from ``module.movq_ckpt``) with its decoder converted to
-    ``cfg.model.variant`` and the fine-tuning policy applied."""
+def check_config(cfg: DictConfig) -> None:
+    """The checks of a composed decoder config that need no weights (``ff ablate`` runs them on every row first)."""
     m = cfg.module
     if m.policy not in POLICIES:
         raise ConfigError(f"unknown module.policy {m.policy!r}; valid choices: {', '.join(POLICIES)}")
     if cfg.model.component != "decoder":
         raise ConfigError(f"the decoder system needs model.component=decoder, got {cfg.model.component!r}")
-    movq = registry.build("movq", "movqgan", cfg.model.preset)
+    if m.policy == "temporal" and cfg.model.variant == "image":
+        raise ConfigError(
+            "module.policy=temporal trains only added temporal layers and model.variant=image has none; use "
+            "module.policy=decoder or none, or a video variant"
+        )
+
+
+def build_video_movq(cfg: DictConfig) -> nn.Module:
+    """The image MoVQ at ``cfg.model.preset`` (weights from ``module.movq_ckpt``) with its decoder converted to
+    ``cfg.model.variant`` and the fine-tuning policy applied."""
+    check_config(cfg)
+    m = cfg.module
+    movq = registry.build("movq", "movqgan", cfg.model.preset, **cfg.model.overrides)
     if m.movq_ckpt:
         from ff_lightning.interop.movq import load_weights
 
@@ -72,9 +83,12 @@ def build_video_movq(cfg: DictConfig) -> nn.Module:
 
 
 class DecoderModule(AutoencoderSystem):
+    check_config = staticmethod(check_config)
+
     def __init__(self, cfg: DictConfig) -> None:
         super().__init__(cfg)
         self.movq = build_video_movq(cfg)
+        self.train()  # Lightning (2.2+) never calls train(): put the frozen parts in eval mode from the start
 
     def train(self, mode: bool = True) -> DecoderModule:
         super().train(mode)

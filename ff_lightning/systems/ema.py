@@ -20,13 +20,20 @@ class EMA:
         self.shadow = [p.detach().clone() for p in params]
         self._backup: list[torch.Tensor] | None = None
 
+    def _follow(self, params: Sequence[nn.Parameter]) -> None:
+        """Keep each average on its parameter's device: a shadow restored from a checkpoint is on the device it was
+        saved from (or the CPU) until the model has been moved (resuming on another device, another DDP rank)."""
+        self.shadow = [s if s.device == p.device else s.to(p.device) for s, p in zip(self.shadow, params, strict=True)]
+
     @torch.no_grad()
     def update(self, params: Sequence[nn.Parameter]) -> None:
+        self._follow(params)
         for s, p in zip(self.shadow, params, strict=True):
             s.lerp_(p.detach().to(s.dtype), 1.0 - self.decay)
 
     @torch.no_grad()
     def swap_in(self, params: Sequence[nn.Parameter]) -> None:
+        self._follow(params)
         self._backup = [p.detach().clone() for p in params]
         for s, p in zip(self.shadow, params, strict=True):
             p.copy_(s)
