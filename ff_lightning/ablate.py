@@ -64,6 +64,7 @@ class SweepConfig:
     aliases: dict[str, str] = field(default_factory=dict)  # short override names, e.g. preset -> model.preset
     overrides: dict[str, Any] = field(default_factory=dict)  # applied to every row
     paper_note: str = ""
+    reference_row: str | None = None  # rows are also compared with this one, paired over the same held-out samples
     rows: list[SweepRow] = field(default_factory=list)
 
 

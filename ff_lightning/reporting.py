@@ -98,6 +98,7 @@ def render_tables(sw: Any, records: list[dict[str, Any]]) -> list[Path]:
     if reasons:
         lines += ["", "Columns reported as n/a:"]
         lines += [f"- **{m}**: {why}" for m, why in reasons.items()]
+    lines += _paired_section(sw, records)
     extra = [r for r in records if r.get("extra")]
     if extra:
         lines += ["", "Extra figures:"]
@@ -111,6 +112,42 @@ def render_tables(sw: Any, records: list[dict[str, Any]]) -> list[Path]:
     if png:
         written.append(png)
     return written
+
+
+def paired_difference(a: list[float], b: list[float], seed: int = 0) -> dict[str, float] | None:
+    """Mean of ``a - b`` over the same samples with a percentile-bootstrap 95% interval (None if not paired)."""
+    if not a or len(a) != len(b):
+        return None
+    from ff_lightning.metrics.functional import bootstrap_ci
+
+    ci = bootstrap_ci([x - y for x, y in zip(a, b)], seed=seed)
+    return {"value": ci.mean, "ci_low": ci.low, "ci_high": ci.high, "n": len(a)}
+
+
+def _paired_section(sw: Any, records: list[dict[str, Any]]) -> list[str]:
+    """Markdown table of each row minus the reference row, paired over the same held-out samples."""
+    ref_name = getattr(sw, "reference_row", None)
+    ref = next((r for r in records if r["row"] == ref_name), None)
+    if ref is None:
+        return []
+    metrics = [m for m in sw.metrics if (ref["metrics"].get(m) or {}).get("per_sample")]
+    if not metrics:
+        return []
+    better = getattr(sw, "higher_is_better", {}) or {}
+    out = ["", f"Paired differences against **{ref['label']}** (same held-out samples; bootstrap 95% interval; "
+           "an interval that excludes 0 is a difference these samples resolve):", ""]
+    out.append("| row | " + " | ".join(f"Δ{m}" + (" (higher better)" if better.get(m) else " (lower better)"
+                                            if m in better else "") for m in metrics) + " |")
+    out.append("|" + "---|" * (len(metrics) + 1))
+    for r in records:
+        if r is ref:
+            continue
+        cells = []
+        for m in metrics:
+            d = paired_difference((r["metrics"].get(m) or {}).get("per_sample") or [], ref["metrics"][m]["per_sample"])
+            cells.append(format_metric(d) if d else "n/a")
+        out.append(f"| {r['label']} | " + " | ".join(cells) + " |")
+    return out
 
 
 def _plot(sw: Any, records: list[dict[str, Any]], path: Path) -> Path | None:

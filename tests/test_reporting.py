@@ -130,3 +130,27 @@ def test_no_plot_without_measured_points(tmp_path: Path) -> None:
 )
 def test_format_metric(metric: dict[str, Any] | None, text: str) -> None:
     assert format_metric(metric) == text
+
+
+def test_paired_difference_against_reference_row(tmp_path) -> None:
+    from types import SimpleNamespace
+
+    from ff_lightning.reporting import paired_difference, render_tables
+
+    base = [20.0, 25.0, 30.0, 22.0]
+    better = [v + 0.5 for v in base]  # +0.5 dB on every sample: unresolvable unpaired, exact paired
+    d = paired_difference(better, base)
+    assert d is not None and abs(d["value"] - 0.5) < 1e-12 and abs(d["ci_low"] - 0.5) < 1e-12
+    assert paired_difference([1.0], [1.0, 2.0]) is None  # not paired
+
+    def rec(name: str, vals: list[float]) -> dict:
+        m = {"value": sum(vals) / len(vals), "ci_low": min(vals), "ci_high": max(vals), "n": len(vals), "per_sample": vals}
+        return {"row": name, "label": name, "columns": {}, "metrics": {"psnr": m}, "paper": {}, "params": 1,
+                "params_paper": 2, "preset": "tiny"}
+
+    sw = SimpleNamespace(name="t", output=str(tmp_path / "t"), metrics=["psnr"], columns=[], paper_note="",
+                         plot_metric="psnr", reference_row="ref", higher_is_better={"psnr": True})
+    md_path = render_tables(sw, [rec("ref", base), rec("new", better)])[0]
+    md = md_path.read_text()
+    assert "Paired differences against **ref**" in md
+    assert "| new | 0.5000 [0.5000, 0.5000] |" in md

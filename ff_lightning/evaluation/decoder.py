@@ -29,11 +29,18 @@ __all__ = ["evaluate_decoder", "prepare_movq", "summarize"]
 
 
 def summarize(values: torch.Tensor | None, reason: str | None = None) -> dict[str, Any]:
-    """Per-sample values -> ``{"value", "ci_low", "ci_high", "n"}`` (bootstrap 95%); None -> unavailable + reason."""
+    """Per-sample values -> ``{"value", "ci_low", "ci_high", "n", "per_sample"}`` (bootstrap 95%; the per-sample
+    values, in held-out order, allow paired comparisons between rows); None -> unavailable + reason."""
     if values is None:
         return {"value": None, "ci_low": None, "ci_high": None, "n": 0, "reason": reason}
     ci = bootstrap_ci(values)
-    return {"value": ci.mean, "ci_low": ci.low, "ci_high": ci.high, "n": int(values.numel())}
+    return {
+        "value": ci.mean,
+        "ci_low": ci.low,
+        "ci_high": ci.high,
+        "n": int(values.numel()),
+        "per_sample": [float(v) for v in values.reshape(-1).tolist()],
+    }
 
 
 def _lpips_model(path: str | None) -> tuple[Any, str | None]:
