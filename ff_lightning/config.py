@@ -79,10 +79,10 @@ class TrainerConfig:
     gradient_clip_algorithm: str | None = None  # "norm" or "value" (automatic-optimisation systems)
     accumulate_grad_batches: int = 1
     log_every_n_steps: int = 10
-    val_check_interval: float | None = None
+    val_check_interval: int | float | None = None  # int: every N train batches, float: fraction of an epoch
     check_val_every_n_epoch: int | None = 1
-    limit_train_batches: float | None = None
-    limit_val_batches: float | None = None
+    limit_train_batches: int | float | None = None  # int: batches, float: fraction
+    limit_val_batches: int | float | None = None  # int: batches, float: fraction
     num_sanity_val_steps: int = 0
     fast_dev_run: bool = False
     deterministic: bool = False

@@ -1,0 +1,67 @@
+"""Smoke test of ``benchmarks/decoder_speed.py``: smallest settings on the tiny preset, output files and columns.
+
+No timing assertions (the numbers depend on the machine); only that the script runs end to end, writes the md / csv /
+png it promises, and fills the columns a reader and the notebooks rely on.
+"""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "decoder_speed.py"
+
+
+@pytest.fixture(scope="module")
+def bench() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("decoder_speed_bench", SCRIPT)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_main_writes_md_csv_png(bench: ModuleType, tmp_path: Path) -> None:
+    import torch
+
+    threads = torch.get_num_threads()
+    try:
+        paths = bench.main(
+            [
+                "--preset", "tiny", "--size", "16", "--throughput-frames", "4", "--frames", "4", "--device", "cpu",
+                "--variants", "conv3x1x1",  # "image" (the ratio reference) is added automatically
+                "--sweep-variants", "conv3x1x1", "--chunk-frames", "2", "--repeats", "1",
+                "--jobs", "2", "--out", str(tmp_path / "ds"),
+            ]
+        )  # fmt: skip
+    finally:
+        torch.set_num_threads(threads)
+    assert set(paths) == {"md", "csv", "png"}
+    for path in paths.values():
+        assert path.exists() and path.stat().st_size > 0
+    assert paths["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    with open(paths["csv"], newline="") as f:
+        reader = csv.DictReader(f)
+        assert tuple(reader.fieldnames or ()) == bench.CSV_COLUMNS
+        rows = list(reader)
+    per_variant = {r["variant"]: r for r in rows if r["section"] == "variant"}
+    assert list(per_variant) == ["image", "conv3x1x1"]
+    for r in per_variant.values():
+        assert float(r["fps"]) > 0 and float(r["peak_mem_mib"]) >= 0
+        assert r["preset"] == "tiny" and r["frames"] == "4" and r["device"] == "cpu"
+    assert float(per_variant["image"]["fps_ratio_vs_image"]) == pytest.approx(1.0)
+    sweep = {r["mode"]: r for r in rows if r["section"] == "length"}
+    assert set(sweep) == {"full", "chunked"}
+    assert sweep["chunked"]["chunk_frames"] == "2"
+    # chunks of 2 with 4 context frames see the whole 4-frame video: equal to the full decode up to rounding
+    assert float(sweep["chunked"]["max_abs_diff_vs_full"]) < 1e-4
+
+    md = paths["md"].read_text()
+    assert "| variant | params (M) |" in md and "| conv3x1x1 | 4 |" in md
