@@ -1,4 +1,4 @@
-"""The ``ff`` command line: ``ff train | params | data | ablate``.
+"""The ``ff`` command line: ``ff train | params | data | ablate | eval``.
 
 Every subcommand validates its inputs before doing any work; a bad config or name exits with status 2 and a message
 that lists the valid choices.
@@ -140,6 +140,10 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--redo", action="store_true", help="recompute rows whose results already exist")
     a.add_argument("--only", action="append", default=None, help="run only the named row(s)")
     a.set_defaults(fn=_cmd_ablate)
+
+    from ff_lightning.evaluation.cli import add_eval_parser
+
+    add_eval_parser(sub)  # ff eval ucf101 | msrvtt | offline | compare | table
     return p
 
 

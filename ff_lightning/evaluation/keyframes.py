@@ -1,0 +1,515 @@
+"""Keyframe-model comparison (``make compare-temporal``): the evaluator and the prepare step of the temporal sweep.
+
+Prepare chain of ``experiments/ablations/temporal.yaml`` (see :mod:`ff_lightning.ablate`):
+
+1. ``movq_image`` (:func:`ff_lightning.evaluation.decoder.prepare_movq`): the frozen image MoVQ, trained on frames of
+   the rows' data (the bundled captioned shapes) and cached by config hash, or ``movq_ckpt=...``;
+2. ``t2i_base`` (:func:`prepare_t2i`): the text-to-image base model on that MoVQ's latents, trained with the step's
+   experiment (``experiments/t2i/tiny.yaml`` plus the step's ``set``) and cached the same way as
+   ``$FF_CACHE_DIR/models/t2i-<preset>-<key>.ckpt``, or ``t2i_ckpt=...``. Every keyframe row starts from it.
+
+Evaluator ``keyframes`` (:func:`evaluate_keyframes`). Held-out set: the test split of ``cfg.data`` in its fixed order,
+clips cut exactly as in training (``num_frames`` frames ``stride`` apart, centred crop and start). Options (the
+sweep's ``evaluate:`` section, :data:`DEFAULTS`):
+
+- **Samples.** Prompts are the captions of the first ``num_samples`` held-out clips (cycled when there are fewer);
+  they are generated in batches of ``batch_size`` with seed ``seed * 1000 + batch index`` (the same prompts, seeds and
+  initial noise for every row of the same clip shape), ``sample_steps`` sampler steps, the module's sampler and
+  guidance unless ``sampler`` / ``guidance_weight`` are given.
+- ``fid_frames``: frame FID (packaged InceptionV3, :class:`~ff_lightning.metrics.inception.InceptionFeatures`) of all
+  frames of the generated clips against all frames of the held-out real clips (the reference). Interval: percentile
+  bootstrap over generated *clips* (their frames kept together; the reference fixed), ``fid_bootstrap`` resamples,
+  computed exactly in the ``n x n`` frame Gram space (see :func:`fid_bootstrap`). With far fewer frames than the
+  2048 feature dimensions the value is biased upwards: compare rows at the same sample count, never with published
+  FIDs. The extra figure ``fid_frames_real_floor`` is the same FID of as many real *training* clips (what a generator
+  that reproduced the data would score at this sample count).
+- ``val_loss``: held-out denoising loss (MSE of the eps / v target) per held-out clip (all of them, or
+  ``loss_samples``), averaged over the fixed timesteps ``loss_timesteps`` with noise seeded per (clip, timestep):
+  identical inputs for every row, so rows are paired clip by clip.
+- ``motion``: per generated clip, the mean absolute frame-to-frame change on [0, 1] (all pixels and channels);
+  ``motion_gap``: ``|motion(generated i) - motion(real clip i)|``, real clip ``i`` being the held-out clip whose caption
+  is prompt ``i`` (its shape, colour, direction and speed). The real mean is the extra figure ``real_motion``.
+- ``frame_consistency``: per generated clip, the mean cosine similarity of the Inception features of consecutive
+  frames (the usual "temporal consistency" of text-to-video work, with Inception in place of CLIP); the real value is
+  the extra figure ``real_frame_consistency``. A frozen image is perfectly consistent, so read it with ``motion``.
+- ``clipsim``, ``is``, ``fvd``: reported unavailable with the reason (weights not shipped; classes and clip lengths
+  that do not fit these clips). Pixel-aligned metrics (PSNR, flicker of
+  :func:`~ff_lightning.metrics.functional.temporal_consistency`) do not apply: a sample has no aligned ground truth.
+
+Every per-clip metric carries its per-sample values (paired differences against the sweep's reference row) and a
+percentile-bootstrap 95% interval. Artifacts (``artifacts_dir``): ``samples.npz`` (``videos`` uint8 ``(N, T, H, W,
+3)``, ``prompts``, ``reference`` = the real clips the prompts describe, ``fps``) for the side-by-side grid, GIF and
+mp4 of :func:`ff_lightning.reporting.render_samples`.
+
+Real-clip features and the reference statistics are cached in memory and under ``$FF_CACHE_DIR/eval/`` (keyed by the
+data settings), so rows after the first (and reruns) do not recompute them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from omegaconf import DictConfig, OmegaConf
+
+from ff_lightning.evaluation.decoder import summarize
+from ff_lightning.metrics.functional import feature_statistics, frechet_distance
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "DEFAULTS",
+    "evaluate_keyframes",
+    "fid_bootstrap",
+    "frame_consistency",
+    "heldout_loss",
+    "motion_magnitude",
+    "prepare_t2i",
+]
+
+DEFAULTS: dict[str, Any] = {
+    "num_samples": 24,  # generated clips (prompts: captions of the first held-out clips)
+    "batch_size": 8,  # prompts per generate() call; batch k is seeded seed * 1000 + k
+    "seed": 0,
+    "sample_steps": None,  # None: module.sample_steps
+    "sampler": None,  # None: module.sampler
+    "guidance_weight": None,  # None: module.guidance_weight
+    "loss_timesteps": [50, 250, 500, 750, 950],
+    "loss_samples": None,  # held-out clips for val_loss (None: all)
+    "loss_seed": 0,
+    "fid_bootstrap": 1000,  # bootstrap resamples of the FID interval
+    "real_floor": True,  # also the FID of as many real training clips (extra figure)
+    "fps": None,  # of the written samples (None: the clips' frame rate)
+}
+RECIPE_VERSION = 1  # bump when the real-feature cache content changes
+_REAL_CACHE: dict[str, dict[str, Any]] = {}
+_INCEPTION: list[Any] = []
+
+
+# ------------------------------------------------------------------------------------------------------- metrics
+def motion_magnitude(video: torch.Tensor) -> torch.Tensor:
+    """Mean absolute frame-to-frame change per clip: videos ``(B, T, 3, H, W)`` in [-1, 1] -> ``(B,)`` on [0, 1]."""
+    u = ((video.double().clamp(-1, 1) + 1) / 2)
+    if u.shape[1] < 2:
+        return torch.zeros(u.shape[0], dtype=torch.float64)
+    return (u[:, 1:] - u[:, :-1]).abs().mean(dim=(1, 2, 3, 4))
+
+
+def frame_consistency(features: torch.Tensor) -> torch.Tensor:
+    """Mean cosine similarity of consecutive frames' features: ``(B, T, D)`` -> ``(B,)`` (1 for ``T == 1``)."""
+    f = features.double()
+    if f.shape[1] < 2:
+        return torch.ones(f.shape[0], dtype=torch.float64)
+    return F.cosine_similarity(f[:, 1:], f[:, :-1], dim=-1).mean(dim=1)
+
+
+def fid_bootstrap(
+    gen: torch.Tensor,
+    mu_ref: torch.Tensor,
+    sigma_ref: torch.Tensor,
+    root_ref: torch.Tensor,
+    n_boot: int = 1000,
+    seed: int = 0,
+) -> tuple[float, float, float]:
+    """Frame FID of clips ``gen`` ``(N, T, D)`` against a reference ``N(mu_ref, sigma_ref)`` and its interval.
+
+    Returns ``(fid, low, high)``: the FID of all ``N T`` frames (:func:`frechet_distance`) and the 2.5 / 97.5
+    percentiles over ``n_boot`` resamples of the ``N`` clips with replacement (frames of a clip stay together).
+    ``root_ref`` is the PSD square root of ``sigma_ref``. Each resample is exact and cheap: with ``A = (X - mean X)
+    root_ref`` (``m x D`` for ``m`` frames), ``tr sqrt(root_ref S root_ref) = sum sqrt(eig(A A^T / (m - 1)))``, an
+    ``m x m`` eigenproblem instead of ``D x D``.
+    """
+    n, t, d = gen.shape
+    x = gen.reshape(n * t, d).double()
+    mu_g, sigma_g = feature_statistics(x)
+    value = frechet_distance(mu_g, sigma_g, mu_ref, sigma_ref)
+    if n < 2 or n_boot <= 0:
+        return value, value, value
+    xr = x @ root_ref.double()
+    tr_ref = float(torch.trace(sigma_ref.double()))
+    mu_ref = mu_ref.double()
+    rng = np.random.default_rng(seed)
+    offsets = torch.arange(t)
+    vals = np.empty(n_boot)
+    for b in range(n_boot):
+        clips = torch.from_numpy(rng.integers(0, n, size=n))
+        rows = (clips[:, None] * t + offsets[None, :]).reshape(-1)
+        xb, ab = x[rows], xr[rows]
+        mu = xb.mean(dim=0)
+        m = rows.numel()
+        a = ab - ab.mean(dim=0)
+        eig = torch.linalg.eigvalsh(a @ a.T / (m - 1)).clamp_min(0)
+        tr_g = float((xb - mu).square().sum()) / (m - 1)
+        vals[b] = float((mu - mu_ref).square().sum()) + tr_g + tr_ref - 2.0 * float(eig.sqrt().sum())
+    low, high = np.quantile(vals, [0.025, 0.975])
+    return value, max(float(low), 0.0), max(float(high), 0.0)
+
+
+@torch.no_grad()
+def heldout_loss(
+    module: Any, batch: dict[str, Any], first_index: int, timesteps: Sequence[int], seed: int = 0
+) -> torch.Tensor:
+    """Denoising loss per clip ``(B,)`` of a batch of held-out clips, averaged over the fixed ``timesteps``.
+
+    ``batch["video"]`` ``(B, T, 3, H, W)``; clip ``j`` is held-out clip ``first_index + j`` and its noise at timestep
+    ``s`` is drawn from a generator seeded with ``(seed, first_index + j, s)``, so every model sees the same inputs.
+    """
+    video = batch["video"].to(module.device)
+    b, t = video.shape[:2]
+    x0 = module.encode_frames(rearrange(video, "b t c h w -> (b t) c h w"))  # (b t) 4 h w
+    context, mask = module.text_condition(batch["caption"])  # b l c, b l
+    strides = module.frame_strides(batch, b)
+    total = torch.zeros(b, dtype=torch.float64)
+    for s in timesteps:
+        noise = torch.stack(
+            [
+                torch.randn(
+                    (t, *x0.shape[1:]),
+                    generator=torch.Generator().manual_seed(_mix(seed, first_index + j, int(s))),
+                    dtype=x0.dtype,
+                )
+                for j in range(b)
+            ]
+        ).flatten(0, 1).to(x0.device)  # (b t) 4 h w
+        steps = torch.full((b * t,), int(s), device=x0.device, dtype=torch.long)
+        x_t = module.schedule.q_sample(x0, steps, noise)
+        out = module.unet(x_t, steps.to(x0.dtype), context, mask, num_frames=t, frame_stride=strides)
+        target = module.schedule.target(module.m.prediction, x0, noise, steps)
+        err = (out.float() - target.float()).square().mean(dim=(1, 2, 3)).double().cpu()  # (b t)
+        total += err.view(b, t).mean(dim=1)
+    return total / len(timesteps)
+
+
+def _mix(*parts: int) -> int:
+    return int(np.random.SeedSequence([int(p) & (2**32 - 1) for p in parts]).generate_state(1)[0])
+
+
+# ---------------------------------------------------------------------------------------------------- real clips
+def _inception(device: torch.device) -> Any:
+    from ff_lightning.metrics.inception import InceptionFeatures
+
+    if not _INCEPTION:
+        _INCEPTION.append(InceptionFeatures())
+    return _INCEPTION[0].to(device)
+
+
+@torch.no_grad()
+def _features(videos: torch.Tensor, device: torch.device, chunk: int = 32) -> torch.Tensor:
+    """Inception features of every frame: ``(B, T, 3, H, W)`` in [-1, 1] -> ``(B, T, 2048)`` float32 on the CPU."""
+    net = _inception(device)
+    frames = videos.flatten(0, 1)
+    feats = [net(frames[i : i + chunk].to(device)).cpu() for i in range(0, frames.shape[0], chunk)]
+    return torch.cat(feats).view(*videos.shape[:2], -1)
+
+
+def _data_config(cfg: DictConfig, **changes: Any) -> DictConfig:
+    return OmegaConf.merge(cfg.data, {"random_crop": False, "random_start": False, "shuffle": False, **changes})
+
+
+def _load_clips(data: DictConfig, split: str, limit: int | None) -> dict[str, Any]:
+    """The first ``limit`` clips of ``split`` in order: ``video`` ``(N, T, 3, H, W)``, ``caption``, ``meta``."""
+    from torch.utils.data import DataLoader
+
+    from ff_lightning.data import build_datamodule, collate_clips
+
+    dm = build_datamodule(data)
+    dm.prepare_data()
+    ds = dm.dataset(split)
+    n = len(ds) if limit is None else min(limit, len(ds))
+    loader = DataLoader(torch.utils.data.Subset(ds, range(n)), batch_size=16, shuffle=False, collate_fn=collate_clips)
+    videos, captions, metas = [], [], []
+    for batch in loader:
+        videos.append(batch["video"])
+        captions += list(batch["caption"])
+        metas += list(batch["meta"])
+    return {"video": torch.cat(videos), "caption": captions, "meta": metas}
+
+
+def _real_reference(cfg: DictConfig, n_floor: int, device: torch.device) -> dict[str, Any]:
+    """Held-out clips, their frame features and statistics (+ the real FID floor of ``n_floor`` train clips)."""
+    from ff_lightning.io import atomic_torch_save
+    from ff_lightning.metrics.distribution import psd_sqrt
+    from ff_lightning.paths import cache_dir
+
+    data = _data_config(cfg)
+    ident = {"data": OmegaConf.to_container(data, resolve=True), "floor": n_floor, "version": RECIPE_VERSION}
+    for k in ("batch_size", "val_batch_size", "num_workers", "pin_memory", "persistent_workers", "max_samples"):
+        ident["data"].pop(k, None)  # type: ignore[union-attr]
+    key = hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    if key in _REAL_CACHE:
+        return _REAL_CACHE[key]
+    path = cache_dir() / "eval" / f"keyframes-real-{key}.pt"
+    if path.is_file():
+        ref = torch.load(path, map_location="cpu", weights_only=True)
+        log.info("real reference: cached %s", path)
+    else:
+        t0 = time.time()
+        held = _load_clips(data, "test", data.max_val_samples)
+        feats = _features(held["video"], device)
+        mu, sigma = feature_statistics(feats.flatten(0, 1))
+        ref = {
+            "video": ((held["video"].clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8),
+            "caption": held["caption"],
+            "features": feats,
+            "mu": mu,
+            "sigma": sigma,
+            "root": psd_sqrt(sigma),
+            "fps": _clip_fps(held["meta"][0]) if held["meta"] else None,
+            "meta": [{k: m.get(k) for k in ("stride", "fps", "source_fps")} for m in held["meta"]],
+        }
+        if n_floor > 1:
+            train = _load_clips(data, "train", n_floor)
+            ref["floor_features"] = _features(train["video"], device)
+        atomic_torch_save(ref, path)
+        log.info("real reference: %d held-out clips in %.0fs -> %s", len(held["caption"]), time.time() - t0, path)
+    _REAL_CACHE[key] = ref
+    return ref
+
+
+def _clip_fps(meta: dict[str, Any]) -> float | None:
+    if meta.get("fps"):
+        return float(meta["fps"])
+    if meta.get("source_fps") and meta.get("stride"):
+        return float(meta["source_fps"]) / float(meta["stride"])
+    return None
+
+
+def _unit_videos(u8: torch.Tensor) -> torch.Tensor:
+    return u8.float() / 127.5 - 1.0
+
+
+# ----------------------------------------------------------------------------------------------- unavailable ones
+def _unavailable_reasons(t: int, h: int, w: int) -> dict[str, str]:
+    from ff_lightning.metrics.weights import resolve_weights
+
+    def missing(*names: str) -> str | None:
+        """None when one of the weights ``names`` is found; else why the first is not (missing, bad hash, ...)."""
+        errors = []
+        for name in names:
+            try:
+                resolve_weights(name)
+                return None
+            except Exception as e:  # WeightsUnavailable, WeightsChecksumError, an unknown name
+                errors.append(str(e).strip("'\""))
+        return errors[0] if errors else None
+
+    try:
+        from ff_lightning.evaluation.evaluators import register_extra_weights
+
+        register_extra_weights()
+    except ImportError:  # pragma: no cover - the evaluation runners are optional here
+        pass
+    clip = missing("clip_vit_b32_openai", "clip_vit_b32_openai_hf")
+    i3d = missing("i3d_torchscript", "i3d_kinetics400")
+    c3d = missing("c3d_ucf101")
+    shape = f"{t}-frame {h}x{w} clips"
+    return {
+        "clipsim": f"CLIPSIM not computed: {clip}" if clip else
+        f"CLIPSIM not computed here (CLIP ViT-B/32 weights are present; `ff eval` computes it on its protocols' "
+        f"prompts): CLIP on {shape} of procedural shapes says little",
+        "is": "IS not computed: the C3D UCF-101 classifier's 101 action classes do not cover procedural shapes and it "
+        f"takes 16-frame 112x112 clips (these are {shape})" + (f"; also {c3d}" if c3d else ""),
+        "fvd": f"FVD not computed: its protocol uses 16-frame clips of a Kinetics I3D (these are {shape})"
+        + (f"; {i3d}" if i3d else ""),
+    }
+
+
+# ------------------------------------------------------------------------------------------------------ evaluator
+def _eval_device(cfg: DictConfig) -> torch.device:
+    use_gpu = str(cfg.trainer.accelerator) in ("auto", "gpu", "cuda") and torch.cuda.is_available()
+    return torch.device("cuda" if use_gpu else "cpu")
+
+
+@torch.no_grad()
+def evaluate_keyframes(
+    module: Any,
+    cfg: DictConfig,
+    *,
+    options: dict[str, Any] | None = None,
+    artifacts_dir: Path | None = None,
+) -> dict[str, Any]:
+    """Generate from held-out captions and measure a keyframe module (see the module docstring for the protocol)."""
+    unknown = set(options or {}) - set(DEFAULTS)
+    if unknown:
+        from ff_lightning.config import ConfigError
+
+        raise ConfigError(f"unknown keyframes evaluator option(s) {sorted(unknown)}; valid: {', '.join(DEFAULTS)}")
+    o = {**DEFAULTS, **(options or {})}
+    device = _eval_device(cfg)
+    module.to(device).eval()
+    params = module.trainable_parameters()
+    ema = getattr(module, "ema", None)
+    if ema is not None:
+        ema.swap_in(params)
+    try:
+        return _evaluate(module, cfg, o, device, artifacts_dir)
+    finally:
+        if ema is not None:
+            ema.swap_out(params)
+
+
+def _evaluate(
+    module: Any, cfg: DictConfig, o: dict[str, Any], device: torch.device, artifacts_dir: Path | None
+) -> dict[str, Any]:
+    n = int(o["num_samples"])
+    ref = _real_reference(cfg, n if o["real_floor"] else 0, device)
+    held_u8: torch.Tensor = ref["video"]
+    n_held = held_u8.shape[0]
+    idx = [i % n_held for i in range(n)]
+    prompts = [ref["caption"][i] for i in idx]
+    real = _unit_videos(held_u8[idx])  # (n, T, 3, H, W): the clips the prompts describe
+    t, _, h, w = real.shape[1:]
+
+    # --- samples: fixed prompts, fixed seeds per batch
+    t0 = time.time()
+    latent = module.encode_frames(real[:1, 0].to(device))
+    bs = max(1, int(o["batch_size"]))
+    chunks = []
+    for k, start in enumerate(range(0, n, bs)):
+        v = module.generate(
+            prompts[start : start + bs],
+            tuple(latent.shape[-2:]),
+            steps=o["sample_steps"],
+            sampler=o["sampler"],
+            guidance_weight=o["guidance_weight"],
+            seed=int(o["seed"]) * 1000 + k,
+        )
+        chunks.append(v.float().clamp(-1, 1).cpu())
+    videos = torch.cat(chunks)
+    u8 = ((videos + 1) * 127.5).round().to(torch.uint8)
+    videos = _unit_videos(u8)  # what a saved sample holds
+    sample_s = time.time() - t0
+    if videos.shape[1:] != real.shape[1:]:
+        raise ValueError(f"generated clips {tuple(videos.shape[1:])} differ from the data's {tuple(real.shape[1:])}")
+
+    # --- frame FID and feature consistency
+    feats = _features(videos, device)
+    fid, lo, hi = fid_bootstrap(feats, ref["mu"], ref["sigma"], ref["root"], int(o["fid_bootstrap"]), int(o["seed"]))
+    out: dict[str, Any] = {
+        "fid_frames": {"value": fid, "ci_low": lo, "ci_high": hi, "n": n},
+        "frame_consistency": summarize(frame_consistency(feats)),
+    }
+
+    # --- motion against the real clips of the same captions
+    motion = motion_magnitude(videos)
+    real_motion = motion_magnitude(real)
+    out["motion"] = summarize(motion)
+    out["motion_gap"] = summarize((motion - real_motion).abs())
+
+    # --- held-out denoising loss at fixed timesteps and noise
+    loss_n = n_held if o["loss_samples"] is None else min(int(o["loss_samples"]), n_held)
+    losses = []
+    lb = max(1, int(o["batch_size"]))
+    for start in range(0, loss_n, lb):
+        stop = min(loss_n, start + lb)
+        batch = {
+            "video": _unit_videos(held_u8[start:stop]),
+            "caption": ref["caption"][start:stop],
+            "meta": ref["meta"][start:stop],  # the clips' frame steps (frame-rate conditioning)
+        }
+        losses.append(heldout_loss(module, batch, start, o["loss_timesteps"], int(o["loss_seed"])))
+    out["val_loss"] = summarize(torch.cat(losses))
+
+    for name, reason in _unavailable_reasons(t, h, w).items():
+        out[name] = summarize(None, reason)
+
+    extra: dict[str, float] = {
+        "real_motion": float(motion_magnitude(_unit_videos(held_u8)).mean()),
+        "real_frame_consistency": float(frame_consistency(ref["features"]).mean()),
+        "generated_frames": float(n * t),
+        "reference_frames": float(n_held * t),
+        "sample_seconds": round(sample_s, 1),
+    }
+    if "floor_features" in ref and ref["floor_features"].shape[0] >= 2:
+        floor = ref["floor_features"]
+        extra["fid_frames_real_floor"] = fid_bootstrap(floor, ref["mu"], ref["sigma"], ref["root"], 0)[0]
+    out["_extra"] = extra
+
+    if artifacts_dir is not None:
+        from ff_lightning.io import atomic_open
+
+        fps = o["fps"] or ref.get("fps") or 4.0
+        with atomic_open(Path(artifacts_dir) / "samples.npz", "wb") as f:
+            np.savez_compressed(
+                f,
+                videos=u8.permute(0, 1, 3, 4, 2).contiguous().numpy(),
+                reference=held_u8[idx].permute(0, 1, 3, 4, 2).contiguous().numpy(),
+                prompts=np.array(prompts),
+                fps=np.array(float(fps)),
+            )
+    log.info(
+        "keyframes eval: FID %.1f [%.1f, %.1f], val_loss %.4f, motion %.4f (real %.4f), %.0fs sampling",
+        fid, lo, hi, out["val_loss"]["value"], out["motion"]["value"], extra["real_motion"], sample_s,
+    )  # fmt: skip
+    return out
+
+
+# -------------------------------------------------------------------------------------------------------- prepare
+_T2I_MATCH = ("movq_ckpt", "movq_preset", "text_encoder", "text_encoder_path", "text_max_length", "prediction",
+              "train_timesteps", "latent_scale")  # fmt: skip
+
+
+def prepare_t2i(
+    probe: DictConfig, experiment: Path | None, redo: bool, overrides: Sequence[str] = ()
+) -> dict[str, Any]:
+    """Provide the text-to-image base model every keyframe row extends: ``{"module.t2i_ckpt": path}``.
+
+    If the sweep sets ``module.t2i_ckpt`` (``t2i_ckpt=...``), the file must exist and is used as is (it must have been
+    trained on the same MoVQ). Otherwise ``experiment`` (e.g. ``experiments/t2i/tiny.yaml``) is trained with the rows'
+    data source and frame size, model preset, frozen MoVQ (``module.movq_ckpt``, from the previous prepare step) and
+    text encoder, then ``overrides`` (the step's ``set``), and its weights (EMA included) and config are cached as
+    ``$FF_CACHE_DIR/models/t2i-<preset>-<config hash>.ckpt``.
+    """
+    from ff_lightning.ablate import config_hash
+    from ff_lightning.config import ConfigError, load_config
+    from ff_lightning.io import atomic_torch_save
+    from ff_lightning.paths import cache_dir
+    from ff_lightning.systems.keyframes import CONVERSION_KEYS
+    from ff_lightning.train import fit
+
+    given = probe.module.t2i_ckpt
+    if given:
+        if not Path(given).expanduser().is_file():
+            raise ConfigError(f"t2i_ckpt={given}: file not found (a t2i-system checkpoint, e.g. a run's last.ckpt)")
+        return {}
+    if experiment is None:
+        raise ConfigError("the sweep sets neither t2i_ckpt nor an experiment for the t2i_base prepare step")
+    if not probe.module.movq_ckpt:
+        raise ConfigError("t2i_base needs module.movq_ckpt: put the movq_image step before it or pass movq_ckpt=...")
+    items = []
+    data = OmegaConf.to_container(probe.data, resolve=True)
+    assert isinstance(data, dict)
+    for k in ("source", "root", "annotations", "size", "seed", "cache_dir"):
+        if data.get(k) is not None:
+            items.append(f"data.{k}={json.dumps(data[k]) if isinstance(data[k], list) else data[k]}")
+    for k in _T2I_MATCH:
+        v = probe.module.get(k)
+        items.append(f"module.{k}={'null' if v is None else v}")
+    unet_over = {k: v for k, v in dict(probe.model.overrides).items() if k not in CONVERSION_KEYS}
+    items += [f"model.preset={probe.model.preset}", f"model.overrides={json.dumps(unet_over)}",
+              f"run.output_dir={probe.run.output_dir}", *overrides]  # fmt: skip
+    cfg = load_config(experiment, items)
+    key = config_hash(cfg)
+    target = cache_dir() / "models" / f"t2i-{cfg.model.preset}-{key}.ckpt"
+    if target.is_file() and not redo:
+        log.info("t2i base: cached %s", target)
+        return {"module.t2i_ckpt": str(target)}
+    log.info("t2i base: training %s (%d steps) -> %s", experiment, cfg.trainer.max_steps, target)
+    t0 = time.time()
+    result = fit(cfg)
+    if result.checkpoint is None:
+        raise RuntimeError(f"t2i base training wrote no checkpoint ({result.run_dir})")
+    ckpt = torch.load(result.checkpoint, map_location="cpu", weights_only=True)
+    slim = {k: ckpt[k] for k in ("state_dict", "ema_state_dict", "hyper_parameters") if k in ckpt}
+    slim["ff_lightning"] = {"config_hash": key, "train_seconds": round(time.time() - t0, 1)}
+    atomic_torch_save(slim, target)
+    return {"module.t2i_ckpt": str(target)}
