@@ -17,7 +17,7 @@ MOVQ_CKPT ?=
 REDO ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install test lint data ablate-decoder bench-decoder clean
+.PHONY: help install test lint data ablate-decoder bench-decoder bench-interpolation clean
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_-]+:.*## / {printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -52,6 +52,9 @@ ablate-decoder: install ## Table 3: fine-tune and evaluate every video-decoder r
 
 bench-decoder: install ## decode throughput and peak memory per decoder variant and vs video length
 	$(PY) benchmarks/decoder_speed.py
+
+bench-interpolation: install ## FusionFrames vs masked-frame interpolation: speed / FLOP ratio and quality (~9 min, 2 CPUs)
+	$(PY) benchmarks/interpolation_speed.py
 
 clean: ## remove caches and run outputs (keeps .venv)
 	rm -rf .cache runs .pytest_cache

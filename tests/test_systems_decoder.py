@@ -67,6 +67,8 @@ def _cfg(cache: Path, out: Path, *extra: str) -> DictConfig:
             "trainer.accelerator=cpu",
             "trainer.devices=1",
             "trainer.enable_progress_bar=false",
+            "trainer.check_val_every_n_epoch=1",  # base.yaml validates every 2nd epoch; these tests need each epoch
+            "trainer.limit_val_batches=null",
             "trainer.log_every_n_steps=1",
             f"run.output_dir={out}",
             "module.allow_random_movq=true",

@@ -69,6 +69,7 @@ DATASETS: dict[str, DatasetFactory] = {
     "bundled_footage": _bundled("bundled_footage", VimeoSequenceDataset),
     "bundled_shapes": _bundled("bundled_shapes", WebVidDataset),
     "bundled_shapes_ucf": _bundled("bundled_shapes_ucf", UCF101Dataset),
+    "bundled_footage_long": _bundled("bundled_footage_long", WebVidDataset),  # long real clips (interpolation)
 }
 
 

@@ -25,6 +25,7 @@ from typing import Any
 from ...registry import UnknownChoiceError
 from .cache import build_atomically, data_dir, default_cache_dir, read_marker
 from .footage import FootageParams, write_footage
+from .footage_long import plan_footage_long
 from .shapes import ShapesParams, write_shapes_ucf, write_shapes_webvid
 
 __all__ = [
@@ -55,6 +56,7 @@ BUNDLED: dict[str, tuple[str, str]] = {
     "bundled_footage": ("footage", "clips16"),
     "bundled_shapes": ("shapes", ""),
     "bundled_shapes_ucf": ("shapes_ucf", ""),
+    "bundled_footage_long": ("footage_long", ""),  # whole clips, train/test mp4 + CSV (interpolation)
 }
 
 
@@ -79,6 +81,7 @@ SETS: dict[str, Callable[[Path, bool, int, bool], tuple[dict[str, Any], Callable
     "footage": _footage,
     "shapes": _shapes,
     "shapes_ucf": _shapes_ucf,
+    "footage_long": plan_footage_long,
 }
 
 

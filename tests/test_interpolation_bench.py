@@ -1,0 +1,59 @@
+"""Smoke test of ``benchmarks/interpolation_speed.py``: smallest settings, output files and the columns they promise.
+
+No timing or quality assertions (they depend on the machine and the budget); only that the script runs end to end.
+"""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+import torch
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "interpolation_speed.py"
+
+
+@pytest.fixture(scope="module")
+def bench() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("interpolation_speed_bench", SCRIPT)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_main_writes_md_csv_png(bench: ModuleType, bundled_cache: Path, tmp_path: Path) -> None:
+    threads = torch.get_num_threads()
+    try:
+        paths = bench.main(
+            [
+                "--keyframes", "3", "--speed-size", "16", "--steps", "2", "--repeats", "1", "--train-steps", "2",
+                "--batch-size", "2", "--eval-hop", "64", "--workers", "0", "--no-paper-flops",
+                "--cache", str(bundled_cache), "--out", str(tmp_path / "interp"),
+            ]
+        )  # fmt: skip
+    finally:
+        torch.set_num_threads(threads)
+    assert set(paths) == {"md", "csv", "png"}
+    assert paths["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    rows = list(csv.DictReader(open(paths["csv"], newline="")))
+    speed = {r["method"]: r for r in rows if r["section"] == "speed"}
+    assert set(speed) == {"fusionframes", "masked"}
+    assert int(speed["fusionframes"]["rows_per_step"]) == 2 * 2 and int(speed["masked"]["rows_per_step"]) == 2 * 9
+    assert float(speed["masked"]["flop_ratio_vs_fusionframes"]) > 2.0  # 9 frame rows vs 2 pair rows per video
+    quality = {r["method"] for r in rows if r["section"] == "quality"}
+    assert {"fusionframes", "masked", "linear blend of keyframes"} <= quality
+    text = paths["md"].read_text()
+    assert "indicative only" in text and "x" in text
+
+
+def test_paper_layout_flops_on_the_meta_device(bench: ModuleType) -> None:
+    """The paper-size count runs on the meta device (shapes only); the tiny preset keeps the test fast."""
+    flops = bench.paper_step_flops(guidance=True, preset="tiny")
+    ratio = flops["masked"] / flops["fusionframes"]
+    assert 3.5 < ratio < 4.5  # 33 frame rows vs 8 pair rows per video (the in/out convs differ a little)
