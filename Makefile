@@ -33,9 +33,9 @@ $(STAMP): setup.cfg pyproject.toml constraints.txt tools/fix_torchvision.py tool
 	$(PY) tools/fix_torchvision.py
 	@touch $@
 
-test: install ## run the test suite (ruff + pytest)
+test: install ## run the test suite (ruff + pytest; one torch thread per process: tiny models, robust to shared CPUs)
 	$(VENV)/bin/ruff check ff_lightning tests benchmarks tools
-	$(PY) -m pytest -q
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(PY) -m pytest -q
 
 lint: install ## ruff check and format check
 	$(VENV)/bin/ruff check ff_lightning tests benchmarks tools
