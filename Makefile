@@ -15,9 +15,13 @@ PRESET ?=
 DATA ?=
 MOVQ_CKPT ?=
 REDO ?=
+# Options for compare-temporal: A=keyframes.ckpt B=keyframes.ckpt STEPS=N (plus MOVQ_CKPT= REDO=1)
+A ?=
+B ?=
+STEPS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install test lint data ablate-decoder bench-decoder bench-interpolation clean
+.PHONY: help install test lint data ablate-decoder bench-decoder bench-interpolation compare-temporal bench-keyframes clean
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_-]+:.*## / {printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -49,6 +53,14 @@ ablate-decoder: install ## Table 3: fine-tune and evaluate every video-decoder r
 		$(if $(PRESET),preset=$(PRESET)) \
 		$(if $(MOVQ_CKPT),movq_ckpt=$(MOVQ_CKPT)) \
 		$(if $(REDO),--redo)
+
+compare-temporal: install ## keyframes: temporal layers vs blocks on bundled shapes (A=ckpt B=ckpt compares two checkpoints)
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(FF) ablate experiments/ablations/temporal.yaml \
+		$(if $(A),a_ckpt=$(A)) $(if $(B),b_ckpt=$(B)) $(if $(STEPS),steps=$(STEPS)) \
+		$(if $(MOVQ_CKPT),movq_ckpt=$(MOVQ_CKPT)) $(if $(REDO),--redo)
+
+bench-keyframes: install ## keyframe-UNet training step time / memory per temporal variant vs the image UNet and vs T
+	$(PY) benchmarks/keyframe_speed.py
 
 bench-decoder: install ## decode throughput and peak memory per decoder variant and vs video length
 	$(PY) benchmarks/decoder_speed.py

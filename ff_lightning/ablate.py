@@ -12,14 +12,35 @@ differ (``set:``). For every row the runner
 4. renders ``<output>.md``, ``<output>.csv`` and ``<output>.png`` with the paper's numbers beside ours.
 
 A sweep may name a *prepare* step (e.g. train or load the image MoVQ that every decoder row starts from); its result
-is injected into every row's config, so it is part of every row's cache key.
+is injected into every row's config, so it is part of every row's cache key. ``prepare`` may also be a *chain*, a list
+of steps run in order, each seeing what the earlier ones injected (e.g. the image MoVQ, then the text-to-image model
+trained on its latents); a step is a name, or ``{step: name, experiment: yaml, set: {dotted.key: value}}`` whose
+``set`` overrides go to the step's experiment (the step function then takes ``overrides=``).
+
+Evaluating given checkpoints: a row with ``checkpoint: PATH`` is not trained. Its config is the checkpoint's own (the
+``hyper_parameters.config`` a system saves; else the sweep's experiment), plus the sweep's ``overrides`` and the row's
+``set``; prepare outputs are not injected into it; the checkpoint's ``state_dict`` is loaded into the built system
+(strictly) and its ``on_load_checkpoint`` hook restores e.g. EMA weights. A row marked ``on_demand: true`` runs only
+when named with ``--only`` or when it has a checkpoint; if any on-demand row has one (e.g. from the command line
+through an alias ``a_ckpt: rows.a.checkpoint``), the sweep runs just the on-demand rows that have checkpoints, and the
+prepare chain runs only if a selected row still needs training. The checkpoint's path, size and mtime are part of
+the row's cache key.
+
+Evaluator options and artifacts: the sweep's ``evaluate:`` mapping (also ``evaluate.KEY=VALUE`` on the command line)
+is passed to evaluators that take an ``options`` argument and is part of every row's cache key. Evaluators that take
+``artifacts_dir`` get a fresh folder next to the row's cached result; the files they write there are listed in the
+record's ``artifacts`` (a cached row whose artifacts are gone is recomputed) and the renderer may use them (e.g. the
+side-by-side samples of :func:`ff_lightning.reporting.render_tables`). An evaluator may return an ``"_extra"`` entry
+(name -> number) that is stored as the record's ``extra`` (figures shown under the table, not columns).
 """
 
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import logging
+import shutil
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -44,6 +65,8 @@ class SweepRow:
     label: str = ""
     set: dict[str, Any] = field(default_factory=dict)  # dotted experiment keys -> values
     paper: dict[str, Any] = field(default_factory=dict)  # the paper's numbers for this row (metric -> value)
+    checkpoint: str | None = None  # evaluate this trained checkpoint instead of training (see the module docstring)
+    on_demand: bool = False  # run only when named with --only or given a checkpoint
 
 
 @dataclass
@@ -51,7 +74,7 @@ class SweepConfig:
     name: str = "sweep"
     experiment: str = ""  # base experiment yaml, relative to the sweep file
     evaluator: str = ""  # registered evaluator name
-    prepare: str | None = None  # registered prepare step name
+    prepare: Any = None  # registered prepare step name, or a chain: a list of names / {step, experiment, set}
     prepare_experiment: str | None = None  # experiment yaml the prepare step trains (relative to the sweep file)
     output: str = "benchmarks/results/sweep"  # prefix of the .md/.csv/.png tables (relative to the working dir)
     cache_dir: str | None = None  # row results (default $FF_CACHE_DIR/ablations/<name>)
@@ -64,14 +87,22 @@ class SweepConfig:
     aliases: dict[str, str] = field(default_factory=dict)  # short override names, e.g. preset -> model.preset
     overrides: dict[str, Any] = field(default_factory=dict)  # applied to every row
     paper_note: str = ""
-    reference_row: str | None = None  # rows are also compared with this one, paired over the same held-out samples
+    # rows are also compared with this one, paired over the same held-out samples (a list: the first row present)
+    reference_row: Any = None
+    evaluate: dict[str, Any] = field(default_factory=dict)  # evaluator options (evaluators taking ``options``)
     rows: list[SweepRow] = field(default_factory=list)
 
 
 Evaluator = Callable[[Any, DictConfig], dict[str, dict[str, float]]]
 Prepare = Callable[[DictConfig, Path | None, bool], dict[str, Any]]
-_EVALUATORS: dict[str, tuple[str, str]] = {"decoder": ("ff_lightning.evaluation.decoder", "evaluate_decoder")}
-_PREPARES: dict[str, tuple[str, str]] = {"movq_image": ("ff_lightning.evaluation.decoder", "prepare_movq")}
+_EVALUATORS: dict[str, tuple[str, str]] = {
+    "decoder": ("ff_lightning.evaluation.decoder", "evaluate_decoder"),
+    "keyframes": ("ff_lightning.evaluation.keyframes", "evaluate_keyframes"),
+}
+_PREPARES: dict[str, tuple[str, str]] = {
+    "movq_image": ("ff_lightning.evaluation.decoder", "prepare_movq"),
+    "t2i_base": ("ff_lightning.evaluation.keyframes", "prepare_t2i"),
+}
 
 
 def register_evaluator(name: str, module: str, fn: str) -> None:
@@ -122,23 +153,83 @@ def load_sweep(path: str | Path, overrides: Sequence[str] = ()) -> tuple[SweepCo
             raise ConfigError(f"override {item!r} is not key=value")
         key, value = item.split("=", 1)
         parsed = OmegaConf.from_dotlist([f"v={value}"]).v
-        if key in sw.aliases:
+        key = sw.aliases.get(key, key) if sw.aliases.get(key, "").startswith(_ROW_PREFIX) else key
+        if key.startswith(_ROW_PREFIX):
+            _set_row_field(sw, key, parsed, path)
+        elif key.startswith(_EVALUATE_PREFIX):
+            sw.evaluate[key[len(_EVALUATE_PREFIX) :]] = parsed
+        elif key in sw.aliases:
             sw.overrides[sw.aliases[key]] = parsed
         elif key in _SWEEP_KEYS:
             setattr(sw, key, None if parsed is None else str(parsed))
         elif "." in key:
             sw.overrides[key] = parsed
         else:
-            valid = sorted([*sw.aliases, *_SWEEP_KEYS, "<section>.<key> of the experiment config"])
+            valid = sorted([*sw.aliases, *_SWEEP_KEYS, "<section>.<key> of the experiment config",
+                            "evaluate.<option>", "rows.<row>.checkpoint"])
             raise ConfigError(f"unknown sweep override {key!r}; valid: {', '.join(valid)}")
     names = [r.name for r in sw.rows]
     if len(set(names)) != len(names):
         raise ConfigError(f"{path}: duplicate row names in {names}")
+    _prepare_steps(sw, path)  # validates the prepare chain's shape
     return sw, path
 
 
+_ROW_PREFIX = "rows."
+_EVALUATE_PREFIX = "evaluate."
+_ROW_FIELDS = ("checkpoint", "label")  # row fields the command line may set (rows.<row>.<field>=value)
+_STEP_KEYS = {"step", "experiment", "set"}  # keys of a prepare-chain entry
+
+
+def _set_row_field(sw: SweepConfig, key: str, value: Any, path: Path) -> None:
+    """``rows.<row>.<field>=value`` (directly or through an alias) sets a field of one row."""
+    parts = key.split(".")
+    if len(parts) != 3 or parts[2] not in _ROW_FIELDS:
+        raise ConfigError(f"{key!r}: row overrides are rows.<row>.<field> with field one of {', '.join(_ROW_FIELDS)}")
+    row = next((r for r in sw.rows if r.name == parts[1]), None)
+    if row is None:
+        raise ConfigError(f"{key!r}: {path.name} has no row {parts[1]!r}; rows: {', '.join(r.name for r in sw.rows)}")
+    setattr(row, parts[2], None if value is None or value == "" else str(value))
+
+
+@dataclass
+class PrepareStep:
+    """One step of a sweep's prepare chain: a registered name, its experiment yaml and overrides for it."""
+
+    name: str
+    experiment: Path | None = None
+    overrides: list[str] = field(default_factory=list)
+
+
+def _prepare_steps(sw: SweepConfig, sweep_path: Path) -> list[PrepareStep]:
+    """The prepare chain in order (``prepare`` a name, or a list of names / ``{step, experiment, set}`` mappings)."""
+    if not sw.prepare:
+        return []
+    entries = sw.prepare if isinstance(sw.prepare, list) else [sw.prepare]
+    steps = []
+    for i, entry in enumerate(entries):
+        if isinstance(entry, str):
+            exp = sw.prepare_experiment if not isinstance(sw.prepare, list) else None
+            steps.append(PrepareStep(entry, sweep_path.parent / exp if exp else None))
+        elif isinstance(entry, dict) and isinstance(entry.get("step"), str) and set(entry) <= _STEP_KEYS:
+            exp, over = entry.get("experiment"), entry.get("set") or {}
+            items = [f"{k}={json.dumps(v) if isinstance(v, (list, dict)) else _fmt(v)}" for k, v in over.items()]
+            steps.append(PrepareStep(entry["step"], sweep_path.parent / exp if exp else None, items))
+        else:
+            raise ConfigError(
+                f"{sweep_path.name}: prepare entry {i} ({entry!r}) must be a step name or a mapping with 'step' and "
+                "optionally 'experiment' and 'set'"
+            )
+    return steps
+
+
 def _row_config(sw: SweepConfig, sweep_path: Path, row: SweepRow, injected: dict[str, Any]) -> DictConfig:
-    base = _read_yaml(sweep_path.parent / sw.experiment)
+    if row.checkpoint:  # the checkpoint's own config; it brings its own prepared inputs (nothing injected)
+        stored = _checkpoint_config(row.checkpoint)
+        base = OmegaConf.create(stored) if stored is not None else _read_yaml(sweep_path.parent / sw.experiment)
+        injected = {}
+    else:
+        base = _read_yaml(sweep_path.parent / sw.experiment)
     dotted = {**sw.overrides, **row.set, **injected}
     items = [f"{k}={json.dumps(v) if isinstance(v, (list, dict)) else _fmt(v)}" for k, v in dotted.items()]
     items.append(f"run.name={sw.name}/{row.name}")
@@ -147,6 +238,43 @@ def _row_config(sw: SweepConfig, sweep_path: Path, row: SweepRow, injected: dict
 
 def _fmt(v: Any) -> str:
     return "null" if v is None else str(v)
+
+
+def _read_checkpoint(path: str | Path) -> Any:
+    """``torch.load`` of a checkpoint (weights only: arbitrary pickles are refused), memory-mapped when possible."""
+    import torch
+
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise ConfigError(f"row checkpoint {path}: file not found")
+    try:
+        return torch.load(p, map_location="cpu", weights_only=True, mmap=True)
+    except RuntimeError:  # not a zip-format file: no mmap
+        return torch.load(p, map_location="cpu", weights_only=True)
+
+
+def _checkpoint_config(path: str | Path) -> dict[str, Any] | None:
+    """The experiment config saved in a checkpoint (``hyper_parameters.config``), None when it has none."""
+    obj = _read_checkpoint(path)
+    hp = obj.get("hyper_parameters") if isinstance(obj, dict) else None
+    config = hp.get("config") if isinstance(hp, dict) else None
+    return dict(config) if isinstance(config, dict) else None
+
+
+def _row_key(sw: SweepConfig, cfg: DictConfig, row: SweepRow) -> str:
+    """The row's cache key: its config hash, mixed with the evaluator options and the checkpoint's identity when the
+    sweep has them (so sweeps without either keep their keys)."""
+    key = config_hash(cfg)
+    extra: dict[str, Any] = {}
+    if sw.evaluate:
+        extra["evaluate"] = sw.evaluate
+    if row.checkpoint:
+        p = Path(row.checkpoint).expanduser().resolve()
+        st = p.stat()
+        extra["checkpoint"] = [str(p), st.st_size, st.st_mtime_ns]
+    if not extra:
+        return key
+    return hashlib.sha256(json.dumps({"config": key, **extra}, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def config_hash(cfg: DictConfig) -> str:
@@ -171,17 +299,56 @@ def _params(sw: SweepConfig, cfg: DictConfig, preset: str) -> int | None:
     return registry.param_counts(model)["total"]
 
 
+def _load_checkpoint(cfg: DictConfig, path: str | Path) -> Any:
+    """Build the row's system and load a checkpoint's weights into it (strict; then its ``on_load_checkpoint``)."""
+    from ff_lightning.train import build_system
+
+    module = build_system(cfg)
+    obj = _read_checkpoint(path)
+    state = obj.get("state_dict", obj) if isinstance(obj, dict) else obj
+    module.load_state_dict(state)
+    if isinstance(obj, dict) and "state_dict" in obj:
+        module.on_load_checkpoint(obj)
+    log.info("loaded %s", path)
+    return module
+
+
+def _evaluator_kwargs(sw: SweepConfig) -> set[str]:
+    """Which optional arguments (``options``, ``artifacts_dir``) the sweep's evaluator takes."""
+    params = inspect.signature(_lookup(_EVALUATORS, "evaluator", sw.evaluator)).parameters
+    return {k for k in ("options", "artifacts_dir") if k in params}
+
+
+def _artifacts_present(record: dict[str, Any]) -> bool:
+    return all(Path(p).is_file() for p in (record.get("artifacts") or {}).values())
+
+
 def _run_row(sw: SweepConfig, cfg: DictConfig, row: SweepRow, out_json: Path) -> dict[str, Any]:
     from ff_lightning.train import build_system, fit
 
     t0 = time.time()
-    if cfg.trainer.max_steps == 0:
+    if row.checkpoint:
+        module = _load_checkpoint(cfg, row.checkpoint)
+        run_dir = None
+    elif cfg.trainer.max_steps == 0:
         module = build_system(cfg)
         run_dir = None
     else:
         result = fit(cfg)
         module, run_dir = result.module, result.run_dir
-    metrics = _lookup(_EVALUATORS, "evaluator", sw.evaluator)(module, cfg)
+    wanted = _evaluator_kwargs(sw)
+    kwargs: dict[str, Any] = {}
+    art_dir = out_json.with_suffix("")  # <cache>/<row>-<key>/
+    if "options" in wanted:
+        kwargs["options"] = dict(sw.evaluate)
+    if "artifacts_dir" in wanted:
+        if art_dir.exists():
+            shutil.rmtree(art_dir)  # left by an interrupted run
+        art_dir.mkdir(parents=True)
+        kwargs["artifacts_dir"] = art_dir
+    metrics = dict(_lookup(_EVALUATORS, "evaluator", sw.evaluator)(module, cfg, **kwargs))
+    extra = metrics.pop("_extra", None)
+    artifacts = {p.name: str(p) for p in sorted(art_dir.iterdir()) if p.is_file()} if "artifacts_dir" in wanted else {}
     record = {
         "row": row.name,
         "label": row.label or row.name,
@@ -196,6 +363,12 @@ def _run_row(sw: SweepConfig, cfg: DictConfig, row: SweepRow, out_json: Path) ->
         "seconds": round(time.time() - t0, 1),
         "config": OmegaConf.to_container(cfg, resolve=True),
     }
+    if row.checkpoint:
+        record["checkpoint"] = str(row.checkpoint)
+    if artifacts:
+        record["artifacts"] = artifacts
+    if extra:
+        record["extra"] = dict(extra)
     atomic_write_json(out_json, record)
     return record
 
@@ -208,28 +381,43 @@ def run_sweep(
     from ff_lightning.reporting import render_tables
 
     sw, sweep_path = load_sweep(path, overrides)
-    rows = [r for r in sw.rows if not only or r.name in only]
-    if only and len(rows) != len(set(only)):
-        raise UnknownChoiceError("sweep row", ",".join(sorted(set(only) - {r.name for r in rows})), [r.name for r in sw.rows])
+    if only:
+        rows = [r for r in sw.rows if r.name in only]
+        if len(rows) != len(set(only)):
+            missing = ",".join(sorted(set(only) - {r.name for r in rows}))
+            raise UnknownChoiceError("sweep row", missing, [r.name for r in sw.rows])
+    else:  # on-demand rows with a checkpoint replace the regular rows; on-demand rows without one never run
+        rows = [r for r in sw.rows if r.on_demand and r.checkpoint] or [r for r in sw.rows if not r.on_demand]
+    if sw.evaluate and "options" not in _evaluator_kwargs(sw):
+        raise ConfigError(f"evaluator {sw.evaluator!r} takes no options: remove 'evaluate:' from {sweep_path.name}")
     # validate every row before any work starts (no prepare output yet: injected keys are validated after prepare)
     for row in rows:
         _check_row(_row_config(sw, sweep_path, row, {}), f"{sweep_path.name} row {row.name!r}")
     injected: dict[str, Any] = {}
-    if sw.prepare:
-        probe = _row_config(sw, sweep_path, rows[0], {})
-        exp = sweep_path.parent / sw.prepare_experiment if sw.prepare_experiment else None
-        injected = _lookup(_PREPARES, "prepare step", sw.prepare)(probe, exp, redo)
+    to_train = [r for r in rows if not r.checkpoint]
+    for step in _prepare_steps(sw, sweep_path) if to_train else []:
+        probe = _row_config(sw, sweep_path, to_train[0], injected)
+        fn = _lookup(_PREPARES, "prepare step", step.name)
+        if step.overrides and "overrides" not in inspect.signature(fn).parameters:
+            raise ConfigError(f"prepare step {step.name!r} takes no 'set' overrides")
+        kwargs = {"overrides": step.overrides} if step.overrides else {}
+        log.info("prepare: %s", step.name)
+        injected.update(fn(probe, step.experiment, redo, **kwargs))
     cdir = Path(sw.cache_dir) if sw.cache_dir else cache_dir() / "ablations" / sw.name
     records = []
     for i, row in enumerate(rows, 1):
         cfg = _row_config(sw, sweep_path, row, injected)
-        key = config_hash(cfg)
+        key = _row_key(sw, cfg, row)
         out_json = cdir / f"{row.name}-{key}.json"
         if out_json.is_file() and not redo:
-            log.info("[%d/%d] %s: cached (%s)", i, len(rows), row.name, out_json)
-            records.append(json.loads(out_json.read_text()))
-            continue
-        log.info("[%d/%d] %s: training and evaluating (config %s)", i, len(rows), row.name, key)
+            cached = json.loads(out_json.read_text())
+            if _artifacts_present(cached):
+                log.info("[%d/%d] %s: cached (%s)", i, len(rows), row.name, out_json)
+                records.append(cached)
+                continue
+            log.info("[%d/%d] %s: cached result lacks its artifacts, recomputing", i, len(rows), row.name)
+        what = "evaluating checkpoint" if row.checkpoint else "training and evaluating"
+        log.info("[%d/%d] %s: %s (config %s)", i, len(rows), row.name, what, key)
         save_config(cfg, cdir / f"{row.name}-{key}.yaml")
         records.append(_run_row(sw, cfg, row, out_json))
         log.info("[%d/%d] %s: done in %.0fs", i, len(rows), row.name, records[-1]["seconds"])

@@ -2,6 +2,12 @@
 
 Each metric of a row record is ``{"value": v, "ci_low": lo, "ci_high": hi, "n": n}`` (``value`` None when the metric
 could not be measured, with a ``reason``). Markdown shows ``v [lo, hi]``; CSV has separate columns.
+
+Video samples: when row records list an artifact ``samples.npz`` (written by an evaluator into its artifacts folder:
+``videos`` uint8 ``(N, T, H, W, 3)`` one clip per prompt, ``prompts`` ``(N,)`` str, optionally ``reference`` uint8
+``(N, T, H, W, 3)``, the real clips the prompts describe, and ``fps``), the first prompts are also rendered side by side
+(a column per row, the real clips first): ``<output>_samples.png`` (every frame of each clip in a strip),
+``<output>_samples.gif`` and ``<output>_samples.mp4`` (the grid animated), linked from the markdown.
 """
 
 from __future__ import annotations
@@ -14,7 +20,11 @@ from typing import Any
 
 from ff_lightning.io import atomic_open, atomic_write_text
 
-__all__ = ["render_tables", "format_metric"]
+__all__ = ["render_tables", "format_metric", "render_samples"]
+
+SAMPLES_ARTIFACT = "samples.npz"
+SAMPLE_ROWS = 4  # prompts shown in the side-by-side samples
+SAMPLE_SCALE = 2  # pixel upscaling of the sample grid
 
 
 def _num(v: Any, digits: int = 4) -> str:
@@ -78,8 +88,9 @@ def render_tables(sw: Any, records: list[dict[str, Any]]) -> list[Path]:
     if sw.paper_note:
         lines += ["", sw.paper_note.strip()]
     lines.append("")
-    head = ["row", *short, *[f"{m} (ours)" for m in metrics], *[f"{m} (paper)" for m in metrics],
-            "params (ours)", "params (paper preset)", "params (paper)"]
+    has_paper = any(r.get("paper") for r in records)  # no paper numbers at all: no paper columns
+    head = ["row", *short, *[f"{m} (ours)" for m in metrics], *[f"{m} (paper)" for m in metrics if has_paper],
+            "params (ours)", "params (paper preset)", *(["params (paper)"] if has_paper else [])]
     lines.append("| " + " | ".join(head) + " |")
     lines.append("|" + "---|" * len(head))
     reasons: dict[str, str] = {}
@@ -90,10 +101,10 @@ def render_tables(sw: Any, records: list[dict[str, Any]]) -> list[Path]:
             cells.append(format_metric(mm))
             if mm and mm.get("value") is None and mm.get("reason"):
                 reasons[m] = mm["reason"]
-        cells += [_num(r["paper"].get(m)) for m in metrics]
+        cells += [_num(r["paper"].get(m)) for m in metrics if has_paper]
         paper_params = r["paper"].get("params")
-        cells += [_millions(r.get("params")), _millions(r.get("params_paper")),
-                  str(paper_params) if paper_params is not None else "n/a"]
+        cells += [_millions(r.get("params")), _millions(r.get("params_paper"))]
+        cells += [str(paper_params) if paper_params is not None else "n/a"] if has_paper else []
         lines.append("| " + " | ".join(cells) + " |")
     if reasons:
         lines += ["", "Columns reported as n/a:"]
@@ -104,14 +115,126 @@ def render_tables(sw: Any, records: list[dict[str, Any]]) -> list[Path]:
         lines += ["", "Extra figures:"]
         for r in extra:
             lines.append(f"- {r['label']}: " + ", ".join(f"{k} {_num(v)}" for k, v in r["extra"].items()))
+    given = [r for r in records if r.get("checkpoint")]
+    if given:
+        lines += ["", "Rows evaluated from given checkpoints (not trained here):"]
+        lines += [f"- {r['label']}: `{r['checkpoint']}`" for r in given]
+    samples = render_samples(records, out.with_name(out.name + "_samples"))
+    if samples:
+        lines += ["", f"Samples side by side (first prompts, fixed seeds; columns: {', '.join(samples['columns'])}): "
+                  + ", ".join(f"[{p.name}]({p.name})" for p in samples["paths"]), "",
+                  f"![samples]({samples['paths'][0].name})"]
     md_path = out.with_suffix(".md")
     atomic_write_text(md_path, "\n".join(lines) + "\n")
 
-    written = [md_path, csv_path]
+    written = [md_path, csv_path, *(samples["paths"] if samples else [])]
     png = _plot(sw, records, out.with_suffix(".png"))
     if png:
         written.append(png)
     return written
+
+
+def _load_samples(record: dict[str, Any]) -> dict[str, Any] | None:
+    path = (record.get("artifacts") or {}).get(SAMPLES_ARTIFACT)
+    if not path or not Path(path).is_file():
+        return None
+    import numpy as np
+
+    with np.load(path, allow_pickle=False) as z:
+        return {k: z[k] for k in z.files}
+
+
+def _fit_clips(clips: list[Any], n: int) -> list[Any]:
+    """Clips ``(N_i, T_i, H_i, W_i, 3)`` uint8 -> the first ``n`` of each at a common size and length
+    ``(n, T, H, W, 3)`` (nearest-neighbour resize; shorter clips hold their last frame)."""
+    import numpy as np
+    from PIL import Image
+
+    h = max(c.shape[2] for c in clips)
+    w = max(c.shape[3] for c in clips)
+    t = max(c.shape[1] for c in clips)
+    out = []
+    for c in clips:
+        c = c[:n]
+        if c.shape[2:4] != (h, w):
+            c = np.stack([np.stack([np.asarray(Image.fromarray(f).resize((w, h), Image.NEAREST)) for f in v])
+                          for v in c])
+        if c.shape[1] < t:
+            c = np.concatenate([c, np.repeat(c[:, -1:], t - c.shape[1], axis=1)], axis=1)
+        out.append(c)
+    return out
+
+
+def render_samples(records: list[dict[str, Any]], prefix: Path) -> dict[str, Any] | None:
+    """Side-by-side samples of the rows that have a ``samples.npz`` artifact (see the module docstring).
+
+    Writes ``<prefix>.png`` (rows: prompts; columns: the real clips, then one per row record; each cell the clip's
+    frames left to right), ``<prefix>.gif`` and ``<prefix>.mp4`` (the same grid, one clip frame per video frame).
+    Returns ``{"paths": [...], "columns": [...]}``, or None when no record has samples.
+    """
+    import numpy as np
+    from PIL import Image, ImageDraw
+
+    loaded = [(r, _load_samples(r)) for r in records]
+    loaded = [(r, s) for r, s in loaded if s is not None and s.get("videos") is not None and len(s["videos"])]
+    if not loaded:
+        return None
+    n = min(SAMPLE_ROWS, *(len(s["videos"]) for _, s in loaded))
+    prompts = [str(p) for p in loaded[0][1].get("prompts", [""] * n)[:n]]
+    columns, clips = [], []
+    ref = next((s["reference"] for _, s in loaded if s.get("reference") is not None and len(s["reference"]) >= n), None)
+    if ref is not None:
+        columns.append("real (held-out)")
+        clips.append(ref)
+    for r, s in loaded:
+        columns.append(str(r["row"]))  # short: the markdown names the rows
+        clips.append(s["videos"])
+    clips = _fit_clips(clips, n)  # each (n, T, H, W, 3)
+    fps = float(next((s["fps"] for _, s in loaded if s.get("fps") is not None), 4.0))
+    t, h, w = clips[0].shape[1:4]
+    k = SAMPLE_SCALE
+    pad, head, label_h = 4, 14, 12
+
+    def text(draw: ImageDraw.ImageDraw, xy: tuple[int, int], s: str, width: int) -> None:
+        max_chars = max(4, width // 6)
+        draw.text(xy, s if len(s) <= max_chars else s[: max_chars - 1] + "~", fill=(0, 0, 0))
+
+    def grid(frames: list[int]) -> Image.Image:
+        """Rows = prompts; columns = clips; each cell shows ``frames`` of the clip left to right."""
+        cell_w, cell_h = len(frames) * w * k, h * k
+        width = pad + len(clips) * (cell_w + pad)
+        height = head + n * (label_h + cell_h + pad) + pad
+        img = Image.new("RGB", (width, height), (255, 255, 255))
+        draw = ImageDraw.Draw(img)
+        for j, name in enumerate(columns):
+            text(draw, (pad + j * (cell_w + pad), 2), name, cell_w)
+        for i in range(n):
+            y = head + i * (label_h + cell_h + pad)
+            text(draw, (pad, y), prompts[i], width - 2 * pad)
+            for j, c in enumerate(clips):
+                strip = np.concatenate([c[i, f] for f in frames], axis=1)  # H (F W) 3
+                tile = Image.fromarray(strip).resize((strip.shape[1] * k, strip.shape[0] * k), Image.NEAREST)
+                img.paste(tile, (pad + j * (cell_w + pad), y + label_h))
+        return img
+
+    prefix.parent.mkdir(parents=True, exist_ok=True)
+    paths = [prefix.with_name(prefix.name + ext) for ext in (".png", ".gif", ".mp4")]
+    with atomic_open(paths[0], "wb") as f:
+        grid(list(range(t))).save(f, format="PNG")
+    frames = [grid([f]) for f in range(t)]
+    with atomic_open(paths[1], "wb") as f:
+        frames[0].save(f, format="GIF", save_all=True, append_images=frames[1:], duration=int(1000 / fps), loop=0)
+    from ff_lightning.data.video_io import write_video
+
+    video = np.stack([np.asarray(fr) for fr in frames])
+    video = np.pad(video, ((0, 0), (0, video.shape[1] % 2), (0, video.shape[2] % 2), (0, 0)), constant_values=255)
+    tmp = paths[2].with_name(f".{paths[2].name}.tmp.mp4")
+    try:
+        write_video(tmp, video, fps)
+        tmp.replace(paths[2])
+    finally:
+        tmp.unlink(missing_ok=True)
+    return {"paths": paths, "columns": columns}
 
 
 def paired_difference(a: list[float], b: list[float], seed: int = 0) -> dict[str, float] | None:
@@ -126,8 +249,9 @@ def paired_difference(a: list[float], b: list[float], seed: int = 0) -> dict[str
 
 def _paired_section(sw: Any, records: list[dict[str, Any]]) -> list[str]:
     """Markdown table of each row minus the reference row, paired over the same held-out samples."""
-    ref_name = getattr(sw, "reference_row", None)
-    ref = next((r for r in records if r["row"] == ref_name), None)
+    ref_names = getattr(sw, "reference_row", None)
+    ref_names = [ref_names] if isinstance(ref_names, str) else list(ref_names or [])
+    ref = next((r for name in ref_names for r in records if r["row"] == name), None)  # the first one present
     if ref is None:
         return []
     metrics = [m for m in sw.metrics if (ref["metrics"].get(m) or {}).get("per_sample")]
@@ -160,8 +284,9 @@ def _plot(sw: Any, records: list[dict[str, Any]], path: Path) -> Path | None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
-    for ax, use_paper in zip(axes, (False, True)):
+    panels = (False, True) if any(r["paper"].get(metric) is not None for r in pts) else (False,)  # no paper: ours
+    fig, axes = plt.subplots(1, len(panels), figsize=(12 if len(panels) > 1 else 9, 4.5), squeeze=False)
+    for ax, use_paper in zip(axes[0], panels):
         for r in pts:
             m = r["metrics"][metric]
             x = (r.get("params_paper") if use_paper else r.get("params")) or 0

@@ -17,12 +17,14 @@ sweep's ``evaluate:`` section, :data:`DEFAULTS`):
   initial noise for every row of the same clip shape), ``sample_steps`` sampler steps, the module's sampler and
   guidance unless ``sampler`` / ``guidance_weight`` are given.
 - ``fid_frames``: frame FID (packaged InceptionV3, :class:`~ff_lightning.metrics.inception.InceptionFeatures`) of all
-  frames of the generated clips against all frames of the held-out real clips (the reference). Interval: percentile
-  bootstrap over generated *clips* (their frames kept together; the reference fixed), ``fid_bootstrap`` resamples,
-  computed exactly in the ``n x n`` frame Gram space (see :func:`fid_bootstrap`). With far fewer frames than the
+  frames of the generated clips against all frames of the held-out real clips (the reference). Interval: bootstrap
+  over generated *clips* (their frames kept together; the reference fixed), ``fid_bootstrap`` resamples, each
+  computed exactly in the ``n x n`` frame Gram space, percentile range re-centred on the estimate (see
+  :func:`fid_bootstrap`). With far fewer frames than the
   2048 feature dimensions the value is biased upwards: compare rows at the same sample count, never with published
-  FIDs. The extra figure ``fid_frames_real_floor`` is the same FID of as many real *training* clips (what a generator
-  that reproduced the data would score at this sample count).
+  FIDs. The extra figure ``fid_frames_real_floor`` is the same FID of the real held-out clips the prompts describe
+  (an oracle that reproduced exactly the described clips; they are part of the reference, so it is a lower bound for
+  this sample count rather than an independent-sample floor).
 - ``val_loss``: held-out denoising loss (MSE of the eps / v target) per held-out clip (all of them, or
   ``loss_samples``), averaged over the fixed timesteps ``loss_timesteps`` with noise seeded per (clip, timestep):
   identical inputs for every row, so rows are paired clip by clip.
@@ -62,7 +64,7 @@ from einops import rearrange
 from omegaconf import DictConfig, OmegaConf
 
 from ff_lightning.evaluation.decoder import summarize
-from ff_lightning.metrics.functional import feature_statistics, frechet_distance
+from ff_lightning.metrics.functional import feature_statistics
 
 log = logging.getLogger(__name__)
 
@@ -87,10 +89,10 @@ DEFAULTS: dict[str, Any] = {
     "loss_samples": None,  # held-out clips for val_loss (None: all)
     "loss_seed": 0,
     "fid_bootstrap": 1000,  # bootstrap resamples of the FID interval
-    "real_floor": True,  # also the FID of as many real training clips (extra figure)
+    "real_floor": True,  # also the FID of the real clips the prompts describe (extra figure)
     "fps": None,  # of the written samples (None: the clips' frame rate)
 }
-RECIPE_VERSION = 1  # bump when the real-feature cache content changes
+RECIPE_VERSION = 2  # bump when the real-feature cache content changes
 _REAL_CACHE: dict[str, dict[str, Any]] = {}
 _INCEPTION: list[Any] = []
 
@@ -122,36 +124,48 @@ def fid_bootstrap(
 ) -> tuple[float, float, float]:
     """Frame FID of clips ``gen`` ``(N, T, D)`` against a reference ``N(mu_ref, sigma_ref)`` and its interval.
 
-    Returns ``(fid, low, high)``: the FID of all ``N T`` frames (:func:`frechet_distance`) and the 2.5 / 97.5
-    percentiles over ``n_boot`` resamples of the ``N`` clips with replacement (frames of a clip stay together).
-    ``root_ref`` is the PSD square root of ``sigma_ref``. Each resample is exact and cheap: with ``A = (X - mean X)
-    root_ref`` (``m x D`` for ``m`` frames), ``tr sqrt(root_ref S root_ref) = sum sqrt(eig(A A^T / (m - 1)))``, an
-    ``m x m`` eigenproblem instead of ``D x D``.
+    Returns ``(fid, low, high)``: the FID of all ``N T`` frames and an interval from ``n_boot`` resamples of the
+    ``N`` clips with replacement (frames of a clip stay together): their 2.5 / 97.5 percentiles re-centred on
+    ``fid`` (shifted by ``fid - median``; resamples with duplicated clips have a higher FID, so the raw percentiles
+    would sit above the estimate). ``root_ref`` is the PSD square root of ``sigma_ref``.
+
+    Every FID is exact and cheap when the ``m`` frames are fewer than the ``D`` feature dimensions: with ``A = (X -
+    mean X) root_ref`` (``m x D``), ``tr sqrt(root_ref S root_ref) = sum sqrt(eig(A A^T / (m - 1)))``, an ``m x m``
+    eigenproblem instead of the two ``D x D`` ones of :func:`~ff_lightning.metrics.functional.frechet_distance`
+    (same value up to round-off). With more frames than dimensions the ``D x D`` form is used; each resample then
+    costs a ``D x D`` eigenproblem (about a second at D = 2048 on a CPU core): lower ``n_boot`` for such sizes.
     """
     n, t, d = gen.shape
     x = gen.reshape(n * t, d).double()
-    mu_g, sigma_g = feature_statistics(x)
-    value = frechet_distance(mu_g, sigma_g, mu_ref, sigma_ref)
-    if n < 2 or n_boot <= 0:
-        return value, value, value
     xr = x @ root_ref.double()
     tr_ref = float(torch.trace(sigma_ref.double()))
     mu_ref = mu_ref.double()
+
+    def fd(rows: torch.Tensor | None) -> float:
+        xb, ab = (x, xr) if rows is None else (x[rows], xr[rows])
+        m = xb.shape[0]
+        mu = xb.mean(dim=0)
+        a = ab - ab.mean(dim=0)
+        gram = a @ a.T if m <= a.shape[1] else a.T @ a  # the same non-zero eigenvalues; the smaller matrix
+        eig = torch.linalg.eigvalsh(gram / (m - 1)).clamp_min(0)
+        tr_g = float((xb - mu).square().sum()) / (m - 1)
+        return max(float((mu - mu_ref).square().sum()) + tr_g + tr_ref - 2.0 * float(eig.sqrt().sum()), 0.0)
+
+    if n * t < 2:
+        raise ValueError(f"need at least 2 generated frames for an FID, got {n * t}")
+    value = fd(None)
+    if n < 2 or n_boot <= 0:
+        return value, value, value
     rng = np.random.default_rng(seed)
     offsets = torch.arange(t)
     vals = np.empty(n_boot)
     for b in range(n_boot):
         clips = torch.from_numpy(rng.integers(0, n, size=n))
-        rows = (clips[:, None] * t + offsets[None, :]).reshape(-1)
-        xb, ab = x[rows], xr[rows]
-        mu = xb.mean(dim=0)
-        m = rows.numel()
-        a = ab - ab.mean(dim=0)
-        eig = torch.linalg.eigvalsh(a @ a.T / (m - 1)).clamp_min(0)
-        tr_g = float((xb - mu).square().sum()) / (m - 1)
-        vals[b] = float((mu - mu_ref).square().sum()) + tr_g + tr_ref - 2.0 * float(eig.sqrt().sum())
-    low, high = np.quantile(vals, [0.025, 0.975])
-    return value, max(float(low), 0.0), max(float(high), 0.0)
+        vals[b] = fd((clips[:, None] * t + offsets[None, :]).reshape(-1))
+    # resampling with replacement duplicates clips, which shrinks the sample's diversity and shifts every resampled
+    # FID upwards; the interval is the resamples' 2.5-97.5 percentile range re-centred on the full sample's FID
+    low, mid, high = np.quantile(vals, [0.025, 0.5, 0.975])
+    return value, max(value - (float(mid) - float(low)), 0.0), value + (float(high) - float(mid))
 
 
 @torch.no_grad()
@@ -234,14 +248,14 @@ def _load_clips(data: DictConfig, split: str, limit: int | None) -> dict[str, An
     return {"video": torch.cat(videos), "caption": captions, "meta": metas}
 
 
-def _real_reference(cfg: DictConfig, n_floor: int, device: torch.device) -> dict[str, Any]:
-    """Held-out clips, their frame features and statistics (+ the real FID floor of ``n_floor`` train clips)."""
+def _real_reference(cfg: DictConfig, device: torch.device) -> dict[str, Any]:
+    """Held-out clips (uint8), captions, frame steps, Inception features of every frame and their statistics."""
     from ff_lightning.io import atomic_torch_save
     from ff_lightning.metrics.distribution import psd_sqrt
     from ff_lightning.paths import cache_dir
 
     data = _data_config(cfg)
-    ident = {"data": OmegaConf.to_container(data, resolve=True), "floor": n_floor, "version": RECIPE_VERSION}
+    ident = {"data": OmegaConf.to_container(data, resolve=True), "version": RECIPE_VERSION}
     for k in ("batch_size", "val_batch_size", "num_workers", "pin_memory", "persistent_workers", "max_samples"):
         ident["data"].pop(k, None)  # type: ignore[union-attr]
     key = hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()[:16]
@@ -266,9 +280,6 @@ def _real_reference(cfg: DictConfig, n_floor: int, device: torch.device) -> dict
             "fps": _clip_fps(held["meta"][0]) if held["meta"] else None,
             "meta": [{k: m.get(k) for k in ("stride", "fps", "source_fps")} for m in held["meta"]],
         }
-        if n_floor > 1:
-            train = _load_clips(data, "train", n_floor)
-            ref["floor_features"] = _features(train["video"], device)
         atomic_torch_save(ref, path)
         log.info("real reference: %d held-out clips in %.0fs -> %s", len(held["caption"]), time.time() - t0, path)
     _REAL_CACHE[key] = ref
@@ -361,7 +372,7 @@ def _evaluate(
     module: Any, cfg: DictConfig, o: dict[str, Any], device: torch.device, artifacts_dir: Path | None
 ) -> dict[str, Any]:
     n = int(o["num_samples"])
-    ref = _real_reference(cfg, n if o["real_floor"] else 0, device)
+    ref = _real_reference(cfg, device)
     held_u8: torch.Tensor = ref["video"]
     n_held = held_u8.shape[0]
     idx = [i % n_held for i in range(n)]
@@ -429,9 +440,8 @@ def _evaluate(
         "reference_frames": float(n_held * t),
         "sample_seconds": round(sample_s, 1),
     }
-    if "floor_features" in ref and ref["floor_features"].shape[0] >= 2:
-        floor = ref["floor_features"]
-        extra["fid_frames_real_floor"] = fid_bootstrap(floor, ref["mu"], ref["sigma"], ref["root"], 0)[0]
+    if o["real_floor"] and n >= 2:  # the oracle: the described real clips themselves (their features are cached)
+        extra["fid_frames_real_floor"] = fid_bootstrap(ref["features"][idx], ref["mu"], ref["sigma"], ref["root"], 0)[0]
     out["_extra"] = extra
 
     if artifacts_dir is not None:
@@ -506,8 +516,11 @@ def prepare_t2i(
     log.info("t2i base: training %s (%d steps) -> %s", experiment, cfg.trainer.max_steps, target)
     t0 = time.time()
     result = fit(cfg)
-    if result.checkpoint is None:
-        raise RuntimeError(f"t2i base training wrote no checkpoint ({result.run_dir})")
+    if result.checkpoint is None or result.trainer.global_step < cfg.trainer.max_steps:
+        raise RuntimeError(
+            f"t2i base training stopped at step {result.trainer.global_step} of {cfg.trainer.max_steps} "
+            f"({result.run_dir}); nothing cached"
+        )
     ckpt = torch.load(result.checkpoint, map_location="cpu", weights_only=True)
     slim = {k: ckpt[k] for k in ("state_dict", "ema_state_dict", "hyper_parameters") if k in ckpt}
     slim["ff_lightning"] = {"config_hash": key, "train_seconds": round(time.time() - t0, 1)}
