@@ -57,3 +57,32 @@ def test_inception_score_and_per_sample_records() -> None:
     assert ps["value"] == pytest.approx(0.2575) and ps["ci_low"] < ps["value"] < ps["ci_high"] and ps["n"] == 4
     na = unavailable("no file")
     assert na["value"] is None and na["reason"] == "no file" and not na["available"]
+
+
+def test_one_interval_convention_for_distribution_metrics() -> None:
+    """``ff eval``'s Fréchet records and the keyframe sweep's frame FID give the same interval for the same clips,
+    resamples and seed: the percentiles of the resampled FIDs shifted by ``mean(resamples) - value``."""
+    from ff_lightning.evaluation.keyframes import fid_bootstrap
+    from ff_lightning.evaluation.uncertainty import recentred_interval
+
+    g = torch.Generator().manual_seed(3)
+    real = torch.randn(80, 12, generator=g, dtype=torch.float64)
+    clips = torch.randn(9, 3, 12, generator=g, dtype=torch.float64) * 1.2 + 0.3  # 9 clips of 3 frames
+    mu, s = feature_statistics(real)
+    value, lo, hi = fid_bootstrap(clips, mu, s, n_boot=60, seed=5)
+    rec = frechet_record(mu, s, clips, alpha=0.05, n_boot=60, repeats=1, seed=5)
+    assert (value, lo, hi) == pytest.approx((rec["value"], rec["ci_low"], rec["ci_high"]), rel=1e-10)
+    # independently: the same resamples of clips, FIDs from the reference function, numpy percentiles, mean shift
+    rng = np.random.default_rng(5)
+    boot = []
+    for _ in range(60):
+        rows = clips[torch.from_numpy(rng.integers(0, 9, size=9))].reshape(-1, 12)
+        boot.append(frechet_distance(mu, s, *feature_statistics(rows)))
+    q_lo, q_hi = np.quantile(boot, [0.025, 0.975])
+    shift = float(np.mean(boot)) - value
+    assert shift > 0  # resampled FIDs sit above the value (duplicated clips)
+    assert (lo, hi) == pytest.approx((q_lo - shift, q_hi - shift), rel=1e-7)
+    assert lo <= value <= hi
+    ci = recentred_interval([2.0, 4.0, 6.0], 3.0, alpha=0.5)  # percentiles 3 and 5, bias 1
+    assert (ci["ci_low"], ci["ci_high"], ci["bias"], *ci["ci_raw"]) == pytest.approx((2.0, 4.0, 1.0, 3.0, 5.0))
+    assert recentred_interval([], 3.0)["ci_low"] is None

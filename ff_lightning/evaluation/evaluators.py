@@ -43,7 +43,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from ff_lightning.metrics.weights import KNOWN_WEIGHTS, KnownWeights, WeightsInfo, WeightsUnavailable, resolve_weights
+from ff_lightning.metrics.weights import (
+    CLIP_OPENAI_SHA256,
+    KNOWN_WEIGHTS,
+    WeightsInfo,
+    WeightsUnavailable,
+    resolve_weights,
+)
 
 __all__ = [
     "CLIP_OPENAI_SHA256",
@@ -54,38 +60,9 @@ __all__ = [
     "is_torchscript",
     "known_evaluators",
     "load_evaluator",
-    "register_extra_weights",
 ]
 
 log = logging.getLogger(__name__)
-
-CLIP_OPENAI_SHA256 = "40d365715913c9da98579312b702a82c18be219cc2a73407c4526f58eba950af"
-
-#: weights the benchmark runners need that the metrics table does not list yet (registered on first use)
-EXTRA_WEIGHTS: tuple[KnownWeights, ...] = (
-    KnownWeights(
-        name="clip_vit_b32_openai",
-        filename="ViT-B-32.pt",
-        source=f"https://openaipublic.azureedge.net/clip/models/{CLIP_OPENAI_SHA256}/ViT-B-32.pt (OpenAI CLIP; "
-        "open_clip's 'ViT-B-32' / 'openai' tag)",
-        description="CLIP ViT-B/32, OpenAI weights (TorchScript archive), the CLIPSIM encoder",
-        sha256=CLIP_OPENAI_SHA256,
-    ),
-    KnownWeights(
-        name="clip_vit_b32_openai_hf",
-        filename="open_clip_pytorch_model.bin",
-        source="https://huggingface.co/timm/vit_base_patch32_clip_224.openai (open_clip_pytorch_model.bin, the same "
-        "OpenAI weights converted to an open_clip state dict)",
-        description="CLIP ViT-B/32 OpenAI weights as an open_clip state dict (alternative to ViT-B-32.pt)",
-    ),
-    KnownWeights(
-        name="shapes_classifier",
-        filename="shapes_classifier.safetensors",
-        source="trained by ff_lightning on the bundled_shapes_ucf train split (ff eval offline trains and caches it "
-        "under $FF_CACHE_DIR/models/)",
-        description="small 3-D CNN classifying the 12 bundled shape-motion classes (offline benchmark only)",
-    ),
-)
 
 _ALTERNATIVES: dict[str, str] = {
     "i3d_torchscript": "i3d_kinetics400",
@@ -95,15 +72,8 @@ _ALTERNATIVES: dict[str, str] = {
 }
 
 
-def register_extra_weights() -> None:
-    """Add :data:`EXTRA_WEIGHTS` to :data:`KNOWN_WEIGHTS` (idempotent; never replaces an existing entry)."""
-    for entry in EXTRA_WEIGHTS:
-        KNOWN_WEIGHTS.setdefault(entry.name, entry)
-
-
 def known_evaluators() -> list[str]:
-    """Names a protocol may give as ``evaluator`` (the weights table plus :data:`EXTRA_WEIGHTS`)."""
-    register_extra_weights()
+    """Names a protocol may give as ``evaluator``: the keys of :data:`~ff_lightning.metrics.weights.KNOWN_WEIGHTS`."""
     return sorted(KNOWN_WEIGHTS)
 
 
@@ -194,7 +164,6 @@ class Evaluator:
 
 def _resolve(name: str, path: str | Path | None) -> WeightsInfo:
     """Resolve ``name``; an explicit file of the alternative format is resolved as the alternative entry."""
-    register_extra_weights()
     alt = _ALTERNATIVES.get(name)
     if path is not None and alt is not None and Path(path).is_file():
         p = Path(path)

@@ -19,7 +19,8 @@ sweep's ``evaluate:`` section, :data:`DEFAULTS`):
 - ``fid_frames``: frame FID (packaged InceptionV3, :class:`~ff_lightning.metrics.inception.InceptionFeatures`) of all
   frames of the generated clips against all frames of the held-out real clips (the reference). Interval: bootstrap
   over generated *clips* (their frames kept together; the reference fixed), ``fid_bootstrap`` resamples, each
-  computed exactly in the ``n x n`` frame Gram space, percentile range re-centred on the estimate (see
+  computed exactly in the ``n x n`` frame Gram space, percentile range shifted by the bootstrap bias (the project's
+  one convention for distribution metrics, :func:`ff_lightning.evaluation.uncertainty.recentred_interval`; see
   :func:`fid_bootstrap`). With far fewer frames than the
   2048 feature dimensions the value is biased upwards: compare rows at the same sample count, never with published
   FIDs. The extra figure ``fid_frames_real_floor`` is the same FID of the real held-out clips the prompts describe
@@ -64,6 +65,7 @@ from einops import rearrange
 from omegaconf import DictConfig, OmegaConf
 
 from ff_lightning.evaluation.decoder import summarize
+from ff_lightning.evaluation.uncertainty import RECENTRED_METHOD, FrechetBootstrap, recentred_interval
 from ff_lightning.metrics.functional import feature_statistics
 
 log = logging.getLogger(__name__)
@@ -118,54 +120,34 @@ def fid_bootstrap(
     gen: torch.Tensor,
     mu_ref: torch.Tensor,
     sigma_ref: torch.Tensor,
-    root_ref: torch.Tensor,
+    root_ref: torch.Tensor | None = None,
     n_boot: int = 1000,
     seed: int = 0,
 ) -> tuple[float, float, float]:
     """Frame FID of clips ``gen`` ``(N, T, D)`` against a reference ``N(mu_ref, sigma_ref)`` and its interval.
 
-    Returns ``(fid, low, high)``: the FID of all ``N T`` frames and an interval from ``n_boot`` resamples of the
-    ``N`` clips with replacement (frames of a clip stay together): their 2.5 / 97.5 percentiles re-centred on
-    ``fid`` (shifted by ``fid - median``; resamples with duplicated clips have a higher FID, so the raw percentiles
-    would sit above the estimate). ``root_ref`` is the PSD square root of ``sigma_ref``.
+    Returns ``(fid, low, high)``: the FID of all ``N T`` frames and the project's interval for distribution metrics
+    (:func:`ff_lightning.evaluation.uncertainty.recentred_interval`): ``n_boot`` resamples of the ``N`` clips with
+    replacement (frames of a clip stay together, the reference fixed), their 2.5 / 97.5 percentiles shifted by the
+    bootstrap bias ``mean(resampled FIDs) - fid`` (resamples with duplicated clips have a higher FID, so the raw
+    percentiles would sit above the estimate). The same convention as the ``ff eval`` protocols.
 
-    Every FID is exact and cheap when the ``m`` frames are fewer than the ``D`` feature dimensions: with ``A = (X -
-    mean X) root_ref`` (``m x D``), ``tr sqrt(root_ref S root_ref) = sum sqrt(eig(A A^T / (m - 1)))``, an ``m x m``
-    eigenproblem instead of the two ``D x D`` ones of :func:`~ff_lightning.metrics.functional.frechet_distance`
-    (same value up to round-off). With more frames than dimensions the ``D x D`` form is used; each resample then
-    costs a ``D x D`` eigenproblem (about a second at D = 2048 on a CPU core): lower ``n_boot`` for such sizes.
+    Every FID is computed by :class:`~ff_lightning.evaluation.uncertainty.FrechetBootstrap`: exact and cheap (an
+    ``m x m`` eigenproblem) while the ``m`` frames are fewer than the ``D`` feature dimensions, the ``D x D`` form
+    otherwise (about a second per resample at D = 2048 on a CPU core: lower ``n_boot`` for such sizes).
+    ``root_ref`` (the PSD square root of ``sigma_ref``) is accepted for callers that have it and not needed.
     """
-    n, t, d = gen.shape
-    x = gen.reshape(n * t, d).double()
-    xr = x @ root_ref.double()
-    tr_ref = float(torch.trace(sigma_ref.double()))
-    mu_ref = mu_ref.double()
-
-    def fd(rows: torch.Tensor | None) -> float:
-        xb, ab = (x, xr) if rows is None else (x[rows], xr[rows])
-        m = xb.shape[0]
-        mu = xb.mean(dim=0)
-        a = ab - ab.mean(dim=0)
-        gram = a @ a.T if m <= a.shape[1] else a.T @ a  # the same non-zero eigenvalues; the smaller matrix
-        eig = torch.linalg.eigvalsh(gram / (m - 1)).clamp_min(0)
-        tr_g = float((xb - mu).square().sum()) / (m - 1)
-        return max(float((mu - mu_ref).square().sum()) + tr_g + tr_ref - 2.0 * float(eig.sqrt().sum()), 0.0)
-
+    n, t, _ = gen.shape
     if n * t < 2:
         raise ValueError(f"need at least 2 generated frames for an FID, got {n * t}")
-    value = fd(None)
+    fb = FrechetBootstrap(mu_ref, sigma_ref, gen)
+    value = fb.value()
     if n < 2 or n_boot <= 0:
         return value, value, value
     rng = np.random.default_rng(seed)
-    offsets = torch.arange(t)
-    vals = np.empty(n_boot)
-    for b in range(n_boot):
-        clips = torch.from_numpy(rng.integers(0, n, size=n))
-        vals[b] = fd((clips[:, None] * t + offsets[None, :]).reshape(-1))
-    # resampling with replacement duplicates clips, which shrinks the sample's diversity and shifts every resampled
-    # FID upwards; the interval is the resamples' 2.5-97.5 percentile range re-centred on the full sample's FID
-    low, mid, high = np.quantile(vals, [0.025, 0.5, 0.975])
-    return value, max(value - (float(mid) - float(low)), 0.0), value + (float(high) - float(mid))
+    vals = [fb.value(rng.integers(0, n, size=n)) for _ in range(n_boot)]
+    ci = recentred_interval(vals, value, 0.05)
+    return value, max(float(ci["ci_low"]), 0.0), float(ci["ci_high"])
 
 
 @torch.no_grad()
@@ -313,12 +295,6 @@ def _unavailable_reasons(t: int, h: int, w: int) -> dict[str, str]:
                 errors.append(str(e).strip("'\""))
         return errors[0] if errors else None
 
-    try:
-        from ff_lightning.evaluation.evaluators import register_extra_weights
-
-        register_extra_weights()
-    except ImportError:  # pragma: no cover - the evaluation runners are optional here
-        pass
     clip = missing("clip_vit_b32_openai", "clip_vit_b32_openai_hf")
     i3d = missing("i3d_torchscript", "i3d_kinetics400")
     c3d = missing("c3d_ucf101")
@@ -406,7 +382,8 @@ def _evaluate(
     feats = _features(videos, device)
     fid, lo, hi = fid_bootstrap(feats, ref["mu"], ref["sigma"], ref["root"], int(o["fid_bootstrap"]), int(o["seed"]))
     out: dict[str, Any] = {
-        "fid_frames": {"value": fid, "ci_low": lo, "ci_high": hi, "n": n},
+        "fid_frames": {"value": fid, "ci_low": lo, "ci_high": hi, "n": n,
+                       "ci_method": f"{RECENTRED_METHOD} over generated clips, reference fixed"},
         "frame_consistency": summarize(frame_consistency(feats)),
     }
 

@@ -13,9 +13,17 @@ seed and ``repeats``):
   distinct videos, and Fréchet distances (and, less, IS) depend on the effective sample count, so the resampled
   values are shifted (for FID/FVD: upwards, often by more than their spread, which would leave the plain percentile
   interval entirely above ``value``). The shift ``bias = mean(resampled) - value`` is removed:
-  ``[q_{alpha/2} - bias, q_{1-alpha/2} - bias]``. The interval therefore measures how much the number moves with the
-  draw of generated videos around the full-sample value; ``boot_mean`` and the raw percentiles (``ci_raw``) are
-  recorded too. Compare runs with equal N (the finite-sample bias depends on N).
+  ``[q_{alpha/2} - bias, q_{1-alpha/2} - bias]`` (:func:`recentred_interval`). The interval therefore measures how
+  much the number moves with the draw of generated videos around the full-sample value; ``boot_mean`` and the raw
+  percentiles (``ci_raw``) are recorded too. Compare runs with equal N (the finite-sample bias depends on N).
+
+  This is the one convention for every distribution metric in the project: the ``ff eval`` protocols and the
+  keyframe sweep's frame FID (:func:`ff_lightning.evaluation.keyframes.fid_bootstrap`) both use
+  :func:`recentred_interval`. Why this one: a plain percentile interval of a Fréchet distance excludes its own
+  value (the resampling bias exceeds the spread), and the basic ("reflected") bootstrap interval ``2 value - q`` is
+  centred on ``value - bias``, an interval for a bias-corrected (larger-N) distance, which is not the N-sample number
+  the protocols report. The bias is estimated by the mean of the resamples, the standard bootstrap bias
+  estimate (Efron & Tibshirani 1993, ch. 10), not by their median.
   When ``repeats > 1``, mean ± std (population std, as TGANv2) over ``repeats`` disjoint consecutive subsets is
   reported as well (``repeats`` in the record): the protocols order samples round-robin over classes, so each subset
   is class-balanced. A subset has N / repeats samples, so its Fréchet distances are larger than ``value``.
@@ -39,13 +47,18 @@ from ff_lightning.metrics.bootstrap import bootstrap_ci
 from ff_lightning.metrics.distribution import inception_score, psd_sqrt
 
 __all__ = [
+    "RECENTRED_METHOD",
     "FrechetBootstrap",
     "distribution_record",
     "inception_score_record",
     "frechet_record",
     "per_sample_record",
+    "recentred_interval",
     "unavailable",
 ]
+
+#: how :func:`recentred_interval` intervals are described in result records
+RECENTRED_METHOD = "percentile bootstrap recentred on the value (bootstrap bias mean(resamples) - value removed)"
 
 
 def unavailable(reason: str) -> dict[str, Any]:
@@ -140,6 +153,23 @@ def _interval(boot: Sequence[float], alpha: float) -> tuple[float | None, float 
     return float(lo), float(hi)
 
 
+def recentred_interval(boot: Sequence[float] | np.ndarray, value: float, alpha: float = 0.05) -> dict[str, Any]:
+    """The project's one interval for distribution metrics (IS, FVD, FID; see the module docstring).
+
+    ``boot``: the metric on resamples of the generated samples (reference fixed); ``value``: the metric on all of
+    them. Returns ``ci_low`` / ``ci_high`` = the ``alpha/2`` and ``1 - alpha/2`` percentiles of ``boot`` shifted by
+    the bootstrap bias estimate ``bias = mean(boot) - value``, plus ``ci_raw`` (the unshifted percentiles),
+    ``boot_mean`` and ``bias``. A single resample gives ``(value, value)``; none gives ``(None, None)``.
+    """
+    b = np.asarray(boot, np.float64).reshape(-1)
+    raw_lo, raw_hi = _interval(list(b), alpha)
+    if raw_lo is None or raw_hi is None:
+        return {"ci_low": None, "ci_high": None, "ci_raw": [None, None], "boot_mean": None, "bias": None}
+    bias = float(b.mean()) - float(value)
+    return {"ci_low": raw_lo - bias, "ci_high": raw_hi - bias, "ci_raw": [raw_lo, raw_hi],
+            "boot_mean": float(b.mean()), "bias": bias}
+
+
 def _repeats(n: int, repeats: int, fn: Any) -> dict[str, Any] | None:
     if repeats <= 1:
         return None
@@ -155,22 +185,19 @@ def distribution_record(
     value = float(fn(np.arange(n)))
     rng = np.random.default_rng(seed)
     boot = [float(fn(rng.integers(0, n, size=n))) for _ in range(n_boot)] if n >= 2 else []
-    raw_lo, raw_hi = _interval(boot, alpha)
-    bias = float(np.mean(boot)) - value if boot else 0.0
-    lo = None if raw_lo is None else raw_lo - bias
-    hi = None if raw_hi is None else raw_hi - bias
+    ci = recentred_interval(boot, value, alpha)
     return {
         "value": value,
-        "ci_low": lo,
-        "ci_high": hi,
+        "ci_low": ci["ci_low"],
+        "ci_high": ci["ci_high"],
         "n": n,
         "available": True,
-        "ci_method": f"percentile bootstrap over generated {what}, reference fixed, recentred on the value "
-        f"(resampling bias removed; {n_boot} resamples, {100 * (1 - alpha):g}%)",
+        "ci_method": f"{RECENTRED_METHOD} over generated {what}, reference fixed ({n_boot} resamples, "
+        f"{100 * (1 - alpha):g}%)",
         "alpha": alpha,
         "n_boot": n_boot,
-        "boot_mean": float(np.mean(boot)) if boot else None,
-        "ci_raw": [raw_lo, raw_hi],
+        "boot_mean": ci["boot_mean"],
+        "ci_raw": ci["ci_raw"],
         "repeats": _repeats(n, repeats, fn),
     }
 

@@ -40,6 +40,7 @@ from typing import Any
 from ff_lightning.registry import UnknownChoiceError
 
 __all__ = [
+    "CLIP_OPENAI_SHA256",
     "KNOWN_WEIGHTS",
     "KnownWeights",
     "WeightsChecksumError",
@@ -107,6 +108,8 @@ class WeightsInfo:
 
 
 _TGAN2_RELEASE = "https://github.com/mitmul/tgan2/releases/download/untagged-d2d4900c6c1bb09d9f5a"
+#: sha256 of OpenAI's ``ViT-B-32.pt`` (the hash is part of its download URL)
+CLIP_OPENAI_SHA256 = "40d365715913c9da98579312b702a82c18be219cc2a73407c4526f58eba950af"
 
 KNOWN_WEIGHTS: dict[str, KnownWeights] = {
     w.name: w
@@ -162,6 +165,28 @@ KNOWN_WEIGHTS: dict[str, KnownWeights] = {
             filename="mean2.npz",
             source=f"{_TGAN2_RELEASE}/mean2.npz (TGANv2 README)",
             description="C3D input mean clip (key 'mean', BGR, 0..255, shape 3x16x128x171) used by TGANv2",
+        ),
+        KnownWeights(
+            name="clip_vit_b32_openai",
+            filename="ViT-B-32.pt",
+            source=f"https://openaipublic.azureedge.net/clip/models/{CLIP_OPENAI_SHA256}/ViT-B-32.pt (OpenAI CLIP; "
+            "open_clip's 'ViT-B-32' / 'openai' tag)",
+            description="CLIP ViT-B/32, OpenAI weights (TorchScript archive), the CLIPSIM encoder",
+            sha256=CLIP_OPENAI_SHA256,
+        ),
+        KnownWeights(
+            name="clip_vit_b32_openai_hf",
+            filename="open_clip_pytorch_model.bin",
+            source="https://huggingface.co/timm/vit_base_patch32_clip_224.openai (open_clip_pytorch_model.bin, the "
+            "same OpenAI weights converted to an open_clip state dict)",
+            description="CLIP ViT-B/32 OpenAI weights as an open_clip state dict (alternative to ViT-B-32.pt)",
+        ),
+        KnownWeights(
+            name="shapes_classifier",
+            filename="shapes_classifier.safetensors",
+            source="trained by ff_lightning on the bundled_shapes_ucf train split (ff eval offline trains and caches "
+            "it under $FF_CACHE_DIR/models/)",
+            description="small 3-D CNN classifying the 12 bundled shape-motion classes (offline benchmark only)",
         ),
     )
 }
