@@ -45,16 +45,10 @@ and no amount of compute, so throughput and memory are unaffected.
 from __future__ import annotations
 
 import argparse
-import csv
 import gc
-import io
 import json
 import math
-import os
-import platform
-import shlex
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -75,6 +69,20 @@ from ff_lightning.models.video_decoder import (
     video_decoder_from_image,
 )
 from ff_lightning.registry import build, param_counts, presets
+
+_HERE = Path(__file__).resolve().parent
+if str(_HERE) not in sys.path:  # run as a script or loaded by file path: the shared helpers sit next to it
+    sys.path.insert(0, str(_HERE))
+from _common import (  # noqa: E402
+    command_line,
+    device_name,
+    output_paths,
+    proc_status_kib,
+    reset_peak_rss,
+    run_child,
+    timestamp,
+    write_csv,
+)
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "decoder_speed"
 DEFAULT_SWEEP = ("conv3x3x3_attn", "conv3x1x1")
@@ -212,27 +220,6 @@ def measure_throughput(args: argparse.Namespace, variants: Sequence[str]) -> dic
 
 
 # ----------------------------------------------------------------------------------------------------------- memory
-def _proc_status_kib() -> dict[str, int]:
-    """``VmRSS`` and ``VmHWM`` of this process in KiB (from /proc/self/status)."""
-    values: dict[str, int] = {}
-    with open("/proc/self/status") as f:
-        for line in f:
-            key, _, rest = line.partition(":")
-            if key in ("VmRSS", "VmHWM"):
-                values[key] = int(rest.split()[0])
-    return values
-
-
-def _reset_peak_rss() -> bool:
-    """Reset this process's RSS high-water mark to its current RSS (Linux >= 4.0); False where not allowed."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
-
-
 def measure_point(spec: dict[str, Any]) -> dict[str, Any]:
     """One memory measurement in *this* process: build, decode once, report peak growth; save the output.
 
@@ -260,25 +247,15 @@ def measure_point(spec: dict[str, Any]) -> dict[str, Any]:
             result["peak_mem_mib"] = (torch.cuda.max_memory_allocated() - base) / _MIB
             result["peak_reset"] = True
         else:
-            result["peak_reset"] = _reset_peak_rss()
-            before = _proc_status_kib()
+            result["peak_reset"] = reset_peak_rss()
+            before = proc_status_kib()
             out = _decode(model, latents, spec["frames"], chunk, context)
-            after = _proc_status_kib()
+            after = proc_status_kib()
             result["peak_mem_mib"] = max(after["VmHWM"] - before["VmRSS"], 0) / 1024
             result["rss_before_mib"] = before["VmRSS"] / 1024
     if spec.get("output"):
         torch.save(out.float().cpu(), spec["output"])
     return result
-
-
-def _run_child(spec: dict[str, Any]) -> dict[str, Any]:
-    """Run :func:`measure_point` in a fresh Python process (CPU) and return its result."""
-    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--_child", json.dumps(spec)]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise RuntimeError(f"memory measurement {spec} failed (exit {proc.returncode}):\n{proc.stderr[-4000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def measure_memory(specs: list[dict[str, Any]], device: str, jobs: int) -> list[dict[str, Any]]:
@@ -287,7 +264,7 @@ def measure_memory(specs: list[dict[str, Any]], device: str, jobs: int) -> list[
     def one(i_spec: tuple[int, dict[str, Any]]) -> dict[str, Any]:
         i, spec = i_spec
         t0 = time.perf_counter()
-        res = measure_point(spec) if device.startswith("cuda") else _run_child(spec)
+        res = measure_point(spec) if device.startswith("cuda") else run_child(__file__, spec)
         mode = "full" if spec["chunk_frames"] is None else f"chunk {spec['chunk_frames']}"
         print(
             f"  [{i + 1}/{len(specs)}] {spec['variant']:<15} T={spec['frames']:<3} {mode:<9} "
@@ -311,15 +288,6 @@ def _fmt(value: Any, digits: int = 3) -> str:
             return "inf"
         return f"{value:.{digits}g}" if abs(value) < 1e-2 and value != 0 else f"{value:.{digits}f}"
     return str(value)
-
-
-def write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=CSV_COLUMNS, lineterminator="\n")
-    writer.writeheader()
-    for row in rows:
-        writer.writerow({k: _fmt(row.get(k), 6) for k in CSV_COLUMNS})
-    atomic_write_text(path, buf.getvalue())
 
 
 def write_markdown(path: Path, args: argparse.Namespace, rows: list[dict[str, Any]], meta: dict[str, Any]) -> None:
@@ -527,7 +495,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Path]:
     threads = args.threads if args.threads > 0 else torch.get_num_threads()
     if args.device == "cpu":
         torch.set_num_threads(threads)
-    device_name = torch.cuda.get_device_name() if args.device.startswith("cuda") else _cpu_name()
+    machine = device_name(args.device)
     print(
         f"decoder_speed: preset={args.preset} size={args.size} T={args.throughput_frames} (sweep {args.frames}) "
         f"device={args.device} "
@@ -627,31 +595,20 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Path]:
                 "WARNING: /proc/self/clear_refs could not reset the RSS high-water mark; peaks are upper bounds."
             )
     meta = dict(
-        command=shlex.join(["python", "benchmarks/decoder_speed.py", *(sys.argv[1:] if argv is None else argv)]),
-        device_name=device_name,
+        command=command_line("benchmarks/decoder_speed.py", argv),
+        device_name=machine,
         threads=threads,
-        date=time.strftime("%Y-%m-%d %H:%M"),
+        date=timestamp(),
         runtime_s=runtime,
         notes=notes,
     )
     out = Path(args.out)
-    paths = {ext: out.with_name(out.name + f".{ext}") for ext in ("md", "csv", "png")}
-    write_csv(paths["csv"], rows)
+    paths = output_paths(out)
+    write_csv(paths["csv"], CSV_COLUMNS, rows, lambda v: _fmt(v, 6))
     write_markdown(paths["md"], args, rows, meta)
     write_plot(paths["png"], args, rows)
     print(f"wrote {', '.join(str(p) for p in paths.values())} in {runtime:.0f} s", flush=True)
     return paths
-
-
-def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return f"{line.split(':', 1)[1].strip()} ({os.cpu_count()} CPUs)"
-    except OSError:
-        pass
-    return platform.processor() or "cpu"
 
 
 if __name__ == "__main__":

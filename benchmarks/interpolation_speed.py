@@ -40,12 +40,7 @@ training curves, quality), written atomically; default prefix ``benchmarks/resul
 from __future__ import annotations
 
 import argparse
-import csv
-import io
 import math
-import os
-import platform
-import shlex
 import statistics
 import sys
 import time
@@ -54,6 +49,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from einops import rearrange
 
 from ff_lightning.data import DataConfig, collate_clips, read_video_frames
 from ff_lightning.data.bundled import build_set
@@ -76,8 +72,20 @@ from ff_lightning.models.interpolation_pipeline import (
 )
 from ff_lightning.models.masked_interpolation import masked_interpolation_unet_from_t2i
 from ff_lightning.models.unet import UNET_PRESETS, KandinskyUNet
+from ff_lightning.registry import build
 
-METHOD_LABELS = {"fusionframes": "FusionFrames", "masked": "masked frames"}
+_HERE = Path(__file__).resolve().parent
+if str(_HERE) not in sys.path:  # run as a script or loaded by file path: the shared helpers sit next to it
+    sys.path.insert(0, str(_HERE))
+from _common import command_line, cpu_name, output_paths, timestamp, write_csv  # noqa: E402
+
+METHOD_LABELS = {
+    "fusionframes": "FusionFrames",
+    "masked": "masked frames",
+    "flow_pixel": "flow (Farneback, pixels)",
+    "flow_latent": "flow (Farneback, latent grid)",
+}
+FLOW_ARMS = ("flow_pixel", "flow_latent")  # training-free arms (ff_lightning.models.flow_interpolation)
 CSV_COLUMNS = (
     "section", "method", "keyframes", "frames_out", "size", "steps", "rows_per_step", "params_m", "gflops",
     "flop_ratio_vs_fusionframes", "time_median_s", "time_min_s", "time_max_s", "cpu_median_s",
@@ -100,6 +108,37 @@ def make_methods(preset: str, seed: int, channels: int = 3) -> dict[str, Interpo
 def null_vector(method: InterpolationMethod, seed: int) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed + 17)
     return torch.randn(int(method.unet.config["context_dim"]), generator=g) * 0.02
+
+
+def _to_latent(frames: torch.Tensor) -> torch.Tensor:
+    """Latent stand-in: ``(B, T, 3, H, W)`` -> ``(B, T, 12, H/2, W/2)`` by 2x2 space-to-depth (exactly invertible)."""
+    b = frames.shape[0]
+    z = torch.nn.functional.pixel_unshuffle(rearrange(frames, "b t c h w -> (b t) c h w"), 2)  # frames folded
+    return rearrange(z, "(b t) c h w -> b t c h w", b=b)
+
+
+def _decode(latents: torch.Tensor) -> torch.Tensor:
+    """The stand-in's decoder, ``(N, 12, h, w)`` -> ``(N, 3, 2h, 2w)`` (depth-to-space)."""
+    return torch.nn.functional.pixel_shuffle(latents, 2)
+
+
+def make_flow_arms() -> dict[str, Callable[[torch.Tensor], torch.Tensor]]:
+    """The flow arms as ``keyframes (B, K, 3, H, W) -> frames (B, 4K - 3, 3, H, W)`` in pixel space.
+
+    ``flow_pixel``: ``interpolation_arm/flow_farneback`` on the frames. ``flow_latent``:
+    ``interpolation_arm/flow_farneback_latent`` on a 2x2 space-to-depth latent stand-in (12 channels at half
+    resolution, no training, decodes exactly): flow on the decoded keyframes, resized to the latent grid, latents
+    warped and blended there, then decoded; it differs from ``flow_pixel`` only by warping on the coarser grid.
+    """
+    pixel = build("interpolation_arm", "flow_farneback")
+    latent = build("interpolation_arm", "flow_farneback_latent")
+
+    def run_latent(keys: torch.Tensor) -> torch.Tensor:
+        seq = latent(_to_latent(keys), decode=_decode)  # b t 12 h w
+        frames = _decode(rearrange(seq, "b t c h w -> (b t) c h w"))  # frames folded
+        return rearrange(frames, "(b t) c h w -> b t c h w", b=keys.shape[0])
+
+    return {"flow_pixel": lambda keys: pixel(keys), "flow_latent": run_latent}
 
 
 # ------------------------------------------------------------------------------------------------------ data
@@ -237,7 +276,11 @@ def reference_interpolations(seq: torch.Tensor) -> dict[str, torch.Tensor]:
 
 
 def evaluate(
-    args: argparse.Namespace, methods: dict[str, InterpolationMethod], null: torch.Tensor, seqs: torch.Tensor
+    args: argparse.Namespace,
+    methods: dict[str, InterpolationMethod],
+    null: torch.Tensor,
+    seqs: torch.Tensor,
+    arms: dict[str, Callable[[torch.Tensor], torch.Tensor]] | None = None,
 ) -> dict[str, dict[str, Any]]:
     sampling = SamplingOptions(SamplingSchedule.subsample(NoiseSchedule.cosine(1000), args.steps), "ddim")
     out = {}
@@ -259,6 +302,11 @@ def evaluate(
             )
         out[name] = score(torch.cat(preds), seqs)
         print(f"  quality {name}: PSNR {out[name]['psnr']:.2f} dB, SSIM {out[name]['ssim']:.3f}", flush=True)
+    for name, arm in (arms or {}).items():  # the same keyframes, the same output frames
+        pred = arm(seqs[:, ::4])
+        assert pred.shape == seqs.shape
+        out[name] = score(pred, seqs)
+        print(f"  quality {name}: PSNR {out[name]['psnr']:.2f} dB, SSIM {out[name]['ssim']:.3f}", flush=True)
     for name, pred in reference_interpolations(seqs).items():
         out[name] = score(pred, seqs)
     return out
@@ -274,7 +322,10 @@ def count_flops(fn: Callable[[], Any]) -> int:
 
 
 def measure_speed(
-    args: argparse.Namespace, methods: dict[str, InterpolationMethod], null: torch.Tensor
+    args: argparse.Namespace,
+    methods: dict[str, InterpolationMethod],
+    null: torch.Tensor,
+    arms: dict[str, Callable[[torch.Tensor], torch.Tensor]] | None = None,
 ) -> dict[str, dict[str, Any]]:
     k, p = args.keyframes, args.speed_size
     channels = int(methods["fusionframes"].unet.config["out_channels"]) // 3
@@ -299,6 +350,12 @@ def measure_speed(
         params = sum(p_.numel() for p_ in methods[name].unet.parameters()) / 1e6
         out[name] = {"wall": [], "cpu": [], "frames_out": frames, "rows_per_step": rows, "params_m": params}
         out[name]["gflops"] = gflops
+    for name, arm in (arms or {}).items():  # warm-up; OpenCV's work is invisible to FlopCounterMode: no FLOPs
+        frames = arm(keys).shape[1]
+        assert frames == output_frames(k)
+        runs[name] = lambda arm=arm: arm(keys)
+        out[name] = {"wall": [], "cpu": [], "frames_out": frames, "rows_per_step": None, "params_m": 0.0,
+                     "gflops": None}  # fmt: skip
     names = list(runs)
     for r in range(args.repeats):
         for name in names if r % 2 == 0 else names[::-1]:
@@ -313,10 +370,10 @@ def measure_speed(
         o["cpu_median_s"] = statistics.median(o["cpu"])
         o["time_ratio_vs_fusionframes"] = statistics.median(a / b for a, b in zip(o["wall"], ref["wall"]))
         o["cpu_ratio_vs_fusionframes"] = statistics.median(a / b for a, b in zip(o["cpu"], ref["cpu"]))
-        o["flop_ratio_vs_fusionframes"] = o["gflops"] / ref["gflops"]
+        o["flop_ratio_vs_fusionframes"] = None if o["gflops"] is None else o["gflops"] / ref["gflops"]
         print(
-            f"  speed {name}: {o['time_median_s']:.3f} s median, x{o['time_ratio_vs_fusionframes']:.2f} wall, "
-            f"x{o['cpu_ratio_vs_fusionframes']:.2f} CPU, {o['gflops']:.2f} GFLOPs",
+            f"  speed {name}: {o['time_median_s']:.3f} s median, x{o['time_ratio_vs_fusionframes']:.3g} wall, "
+            f"x{o['cpu_ratio_vs_fusionframes']:.3g} CPU" + ("" if o["gflops"] is None else f", {o['gflops']:.2f} GFLOPs"),
             flush=True,
         )
     return out
@@ -353,15 +410,6 @@ def _fmt(value: Any, digits: int = 3) -> str:
     return str(value)
 
 
-def write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=CSV_COLUMNS, lineterminator="\n")
-    writer.writeheader()
-    for row in rows:
-        writer.writerow({k: _fmt(row.get(k), 6) for k in CSV_COLUMNS})
-    atomic_write_text(path, buf.getvalue())
-
-
 def _pm(value: float | None, sem: float | None, digits: int) -> str:
     if value is None:
         return "n/a"
@@ -374,7 +422,7 @@ def write_markdown(path: Path, args: argparse.Namespace, res: dict[str, Any], me
     speed, quality, training = res["speed"], res["quality"], res["train"]
     k, l_out = args.keyframes, output_frames(args.keyframes)
     lines = [
-        "# Interpolation: FusionFrames vs masked-frame interpolation",
+        "# Interpolation: FusionFrames vs masked-frame interpolation (and a training-free flow arm)",
         "",
         f"Command: `{meta['command']}`  ",
         f"Preset `{args.preset}` (both models: same image UNet, same width and depth), device `{meta['device']}`, "
@@ -385,18 +433,20 @@ def write_markdown(path: Path, args: argparse.Namespace, res: dict[str, Any], me
         "",
         f"Batch of 1 video, {args.speed_size}x{args.speed_size} (pixel-space stand-in for latents), both guidance "
         f"branches batched. Median of {args.repeats} rounds after a warm-up; ratios are per round, masked / "
-        "FusionFrames (> 1: FusionFrames is faster). FLOPs of one whole interpolation from FlopCounterMode.",
+        "FusionFrames (> 1: FusionFrames is faster). FLOPs of one whole interpolation from FlopCounterMode. The flow "
+        "arms (no training, no parameters) turn the same keyframes into the same frames; their FLOPs are n/a (OpenCV's "
+        "Farneback runs outside torch).",
         "",
         "| method | UNet rows per step | params (M) | GFLOPs | FLOPs x | median s (min-max) | CPU s | time x | CPU x |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for name in ("fusionframes", "masked"):
-        o = speed[name]
+    for name, o in speed.items():
+        flops = "n/a | n/a" if o["gflops"] is None else f"{o['gflops']:.2f} | {o['flop_ratio_vs_fusionframes']:.2f}"
         lines.append(
-            f"| {METHOD_LABELS[name]} | {o['rows_per_step']} | {o['params_m']:.3f} | {o['gflops']:.2f} | "
-            f"{o['flop_ratio_vs_fusionframes']:.2f} | {o['time_median_s']:.3f} ({o['time_min_s']:.3f}-"
-            f"{o['time_max_s']:.3f}) | {o['cpu_median_s']:.3f} | {o['time_ratio_vs_fusionframes']:.2f} | "
-            f"{o['cpu_ratio_vs_fusionframes']:.2f} |"
+            f"| {METHOD_LABELS[name]} | {o['rows_per_step'] or 'n/a'} | {o['params_m']:.3f} | {flops} | "
+            f"{o['time_median_s']:.3f} ({o['time_min_s']:.3f}-{o['time_max_s']:.3f}) | {o['cpu_median_s']:.3f} | "
+            f"{o['time_ratio_vs_fusionframes']:.3g} | "
+            f"{o['cpu_ratio_vs_fusionframes']:.3g} |"
         )
     if res.get("paper_flops"):
         pf = res["paper_flops"]
@@ -440,15 +490,22 @@ def write_plot(path: Path, args: argparse.Namespace, res: dict[str, Any]) -> Non
 
     speed, quality, training = res["speed"], res["quality"], res["train"]
     fig, (ax1, ax2, ax3) = plt.subplots(1, 3, figsize=(15, 4.4))
-    labels = ["wall time", "CPU time", "FLOPs"]
+    labels = ["masked\nwall time", "masked\nCPU time", "masked\nFLOPs"]
     keys = ["time_ratio_vs_fusionframes", "cpu_ratio_vs_fusionframes", "flop_ratio_vs_fusionframes"]
     vals = [speed["masked"][k_] for k_ in keys]
-    ax1.bar(labels, vals, color=["tab:blue", "tab:orange", "tab:green"])
+    colors = ["tab:blue", "tab:orange", "tab:green"]
+    for name in (n for n in FLOW_ARMS if n in speed):  # flow arms: wall time only (no FLOP count)
+        labels.append(name.replace("_", "\n") + "\nwall time")
+        vals.append(speed[name]["time_ratio_vs_fusionframes"])
+        colors.append("tab:gray")
+    ax1.bar(labels, vals, color=colors)
     for i, v in enumerate(vals):
-        ax1.text(i, v, f"x{v:.2f}", ha="center", va="bottom")
+        ax1.text(i, v, f"x{v:.3g}", ha="center", va="bottom", fontsize=8)
     ax1.axhline(1.0, color="k", lw=0.8, ls=":")
     ax1.axhline(3.0, color="tab:red", lw=0.8, ls="--", label="paper: > 3x")
-    ax1.set_ylabel("masked frames / FusionFrames")
+    ax1.set_yscale("log")
+    ax1.tick_params(axis="x", labelsize=7)
+    ax1.set_ylabel("cost / FusionFrames (log)")
     ax1.set_title(f"Cost of {output_frames(args.keyframes)} frames from {args.keyframes} keyframes")
     ax1.legend(fontsize=8)
     for name, t in training.items():
@@ -512,21 +569,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--workers", type=int, default=1, help="data loader worker processes (default 1)")
     p.add_argument("--paper-flops", action=argparse.BooleanOptionalAction, default=True,
                    help="count one paper-size denoising step on the meta device (default on)")  # fmt: skip
+    p.add_argument("--flow", action=argparse.BooleanOptionalAction, default=True,
+                   help="also run the training-free flow arms (Farneback, pixels and latent grid; default on)")  # fmt: skip
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--cache", default=None, help="bundled-data cache (default $FF_CACHE_DIR or ~/.cache/ff_lightning)")
     p.add_argument("--out", default="benchmarks/results/interpolation", help="output prefix (md, csv, png)")
     return p.parse_args(argv)
-
-
-def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return f"{line.split(':', 1)[1].strip()} ({os.cpu_count()} CPUs)"
-    except OSError:
-        pass
-    return platform.processor() or "cpu"
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Path]:
@@ -545,10 +593,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Path]:
     seqs = eval_sequences(args, cache)
     res["eval_sequences"] = int(seqs.shape[0])
     print(f"quality on {seqs.shape[0]} held-out sequences", flush=True)
-    res["quality"] = evaluate(args, methods, null, seqs)
+    arms = make_flow_arms() if args.flow else {}
+    res["quality"] = evaluate(args, methods, null, seqs, arms)
     print(f"speed: {args.keyframes} keyframes -> {output_frames(args.keyframes)} frames", flush=True)
     with torch.no_grad():
-        res["speed"] = measure_speed(args, methods, null)
+        res["speed"] = measure_speed(args, methods, null, arms)
         res["paper_flops"] = paper_step_flops(args.guidance != 0) if args.paper_flops else None
     runtime = time.perf_counter() - t_start
     lpips_note = next((q.get("lpips_note") for q in res["quality"].values() if q.get("lpips_note")), None)
@@ -569,22 +618,27 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Path]:
         "Diffusion runs in pixel space (3 channels) as a stand-in for the 4-channel MoVQ latents; both models see the "
         "same batches, timesteps drawn from the same seed, and are sampled with the same schedule (steps subsampled "
         "from the 1000-step cosine training schedule), guidance and seeds.",
+        "Flow arms (ff_lightning.models.flow_interpolation; no training): OpenCV Farneback flow both ways between "
+        "neighbouring keyframes, intermediate flows by linear scaling (F_t0 ~ -t F01, F_t1 ~ -(1 - t) F10), backward "
+        "warping of both keyframes, blend weighted by (1 - t) and t times a forward-backward-consistency visibility. "
+        "`flow (latent grid)` works on a 2x2 space-to-depth stand-in for latents (12 channels at half resolution, "
+        "decoded exactly): the flow of the decoded keyframes is resized to the latent grid and the latents are warped "
+        "before decoding; the gap to `flow (pixels)` is the cost of warping on the coarser grid (a learned MoVQ "
+        "latent space would add its own, untested here). Time x for them is arm / FusionFrames in the same rounds.",
         "LPIPS: " + (f"not computed ({lpips_note})." if lpips_note else "computed with the installed AlexNet weights."),
         "Timings on a shared machine are noisy: compare the ratios (per round, median) rather than absolute seconds; "
         "the CPU-time ratio is less sensitive to other processes' load.",
     ]
     meta = {
-        "command": shlex.join(
-            ["python", "benchmarks/interpolation_speed.py", *(sys.argv[1:] if argv is None else argv)]
-        ),
-        "device": _cpu_name(),
-        "date": time.strftime("%Y-%m-%d %H:%M"),
+        "command": command_line("benchmarks/interpolation_speed.py", argv),
+        "device": cpu_name(),
+        "date": timestamp(),
         "runtime_s": runtime,
         "notes": notes,
     }
     prefix = Path(args.out)
-    paths = {ext: prefix.with_name(f"{prefix.name}.{ext}") for ext in ("md", "csv", "png")}
-    write_csv(paths["csv"], rows_for_csv(args, res))
+    paths = output_paths(prefix)
+    write_csv(paths["csv"], CSV_COLUMNS, rows_for_csv(args, res), lambda v: _fmt(v, 6))
     write_markdown(paths["md"], args, res, meta)
     write_plot(paths["png"], args, res)
     print(f"wrote {', '.join(str(p) for p in paths.values())} in {runtime:.0f} s", flush=True)

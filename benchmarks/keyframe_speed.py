@@ -32,16 +32,10 @@ What it does (see ``benchmarks/README.md`` for how to read the output):
 from __future__ import annotations
 
 import argparse
-import csv
 import gc
-import io
 import json
 import math
-import os
-import platform
-import shlex
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Sequence
@@ -56,6 +50,20 @@ from torch import nn
 from ff_lightning.io import atomic_open, atomic_write_text
 from ff_lightning.models.keyframes import KEYFRAME_DESIGNS
 from ff_lightning.registry import build, param_counts, presets
+
+_HERE = Path(__file__).resolve().parent
+if str(_HERE) not in sys.path:  # run as a script or loaded by file path: the shared helpers sit next to it
+    sys.path.insert(0, str(_HERE))
+from _common import (  # noqa: E402
+    command_line,
+    device_name,
+    output_paths,
+    proc_status_kib,
+    reset_peak_rss,
+    run_child,
+    timestamp,
+    write_csv,
+)
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "keyframe_speed"
 IMAGE = "image"
@@ -186,25 +194,6 @@ def measure_times(args: argparse.Namespace) -> dict[tuple[str, int], dict[str, A
 
 
 # ----------------------------------------------------------------------------------------------------------- memory
-def _proc_status_kib() -> dict[str, int]:
-    values: dict[str, int] = {}
-    with open("/proc/self/status") as f:
-        for line in f:
-            key, _, rest = line.partition(":")
-            if key in ("VmRSS", "VmHWM"):
-                values[key] = int(rest.split()[0])
-    return values
-
-
-def _reset_peak_rss() -> bool:
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
-
-
 def measure_point(spec: dict[str, Any]) -> dict[str, Any]:
     """Peak memory growth of one training step in *this* process (after 2 warm-up steps)."""
     device = spec["device"]
@@ -226,20 +215,11 @@ def measure_point(spec: dict[str, Any]) -> dict[str, Any]:
         train_step(model, opt, batch, spec["frames"])
         torch.cuda.synchronize()
         return {"peak_mem_mib": (torch.cuda.max_memory_allocated() - base) / _MIB, "peak_reset": True}
-    reset = _reset_peak_rss()
-    before = _proc_status_kib()
+    reset = reset_peak_rss()
+    before = proc_status_kib()
     train_step(model, opt, batch, spec["frames"])
-    after = _proc_status_kib()
+    after = proc_status_kib()
     return {"peak_mem_mib": max(after["VmHWM"] - before["VmRSS"], 0) / 1024, "peak_reset": reset}
-
-
-def _run_child(spec: dict[str, Any]) -> dict[str, Any]:
-    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--_child", json.dumps(spec)]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise RuntimeError(f"memory measurement {spec} failed (exit {proc.returncode}):\n{proc.stderr[-4000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def measure_memory(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
@@ -252,7 +232,7 @@ def measure_memory(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
     inline = args.device.startswith("cuda") or args.memory == "inline"
 
     def one(spec: dict[str, Any]) -> dict[str, Any]:
-        res = measure_point(spec) if inline else _run_child(spec)
+        res = measure_point(spec) if inline else run_child(__file__, spec)
         print(f"  {spec['variant']:<22} peak +{res['peak_mem_mib']:8.1f} MiB", flush=True)
         return res
 
@@ -273,15 +253,6 @@ def _fmt(value: Any, digits: int = 6) -> str:
             return str(value)
         return f"{value:.{digits}g}"
     return str(value)
-
-
-def write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=CSV_COLUMNS, lineterminator="\n")
-    writer.writeheader()
-    for row in rows:
-        writer.writerow({k: _fmt(row.get(k)) for k in CSV_COLUMNS})
-    atomic_write_text(path, buf.getvalue())
 
 
 def write_markdown(path: Path, args: argparse.Namespace, rows: list[dict[str, Any]], meta: dict[str, Any]) -> None:
@@ -440,7 +411,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Path]:
     if args.device == "cpu":
         torch.set_num_threads(threads)
     args.threads = threads
-    device_name = torch.cuda.get_device_name() if args.device.startswith("cuda") else _cpu_name()
+    machine = device_name(args.device)
     print(
         f"keyframe_speed: preset={args.preset} latent={args.latent} videos={args.videos} T={args.frames} "
         f"device={args.device} threads={threads} variants={args.variants}",
@@ -491,31 +462,20 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Path]:
         if not all(m.get("peak_reset", True) for m in mem.values()):
             notes.append("WARNING: the RSS high-water mark could not be reset; peaks are upper bounds.")
     meta = dict(
-        command=shlex.join(["python", "benchmarks/keyframe_speed.py", *(sys.argv[1:] if argv is None else argv)]),
-        device_name=device_name,
+        command=command_line("benchmarks/keyframe_speed.py", argv),
+        device_name=machine,
         threads=threads,
-        date=time.strftime("%Y-%m-%d %H:%M"),
+        date=timestamp(),
         runtime_s=runtime,
         notes=notes,
     )
     out = Path(args.out)
-    paths = {ext: out.with_name(out.name + f".{ext}") for ext in ("md", "csv", "png")}
-    write_csv(paths["csv"], rows)
+    paths = output_paths(out)
+    write_csv(paths["csv"], CSV_COLUMNS, rows, _fmt)
     write_markdown(paths["md"], args, rows, meta)
     write_plot(paths["png"], args, rows)
     print(f"wrote {', '.join(str(p) for p in paths.values())} in {runtime:.0f} s", flush=True)
     return paths
-
-
-def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return f"{line.split(':', 1)[1].strip()} ({os.cpu_count()} CPUs)"
-    except OSError:
-        pass
-    return platform.processor() or "cpu"
 
 
 if __name__ == "__main__":

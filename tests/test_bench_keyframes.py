@@ -64,5 +64,5 @@ def test_memory_child_process(bench: ModuleType) -> None:
     """The default CPU memory path: one measurement in a fresh process (the script with --_child)."""
     spec = dict(preset="tiny", variant="layers", frames=2, videos=1, latent=8, tokens=4, seed=0, device="cpu",
                 threads=1)  # fmt: skip
-    res = bench._run_child(spec)
+    res = bench.run_child(bench.__file__, spec)  # the shared helper of benchmarks/_common.py
     assert res["peak_mem_mib"] >= 0 and isinstance(res["peak_reset"], bool)

@@ -43,11 +43,13 @@ def test_main_writes_md_csv_png(bench: ModuleType, bundled_cache: Path, tmp_path
     assert paths["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     rows = list(csv.DictReader(open(paths["csv"], newline="")))
     speed = {r["method"]: r for r in rows if r["section"] == "speed"}
-    assert set(speed) == {"fusionframes", "masked"}
+    assert set(speed) == {"fusionframes", "masked", "flow_pixel", "flow_latent"}
+    assert {r["frames_out"] for r in speed.values()} == {"9"}  # every arm: the same 4K - 3 frames from K = 3
+    assert speed["flow_pixel"]["gflops"] == "" and float(speed["flow_pixel"]["params_m"]) == 0.0
     assert int(speed["fusionframes"]["rows_per_step"]) == 2 * 2 and int(speed["masked"]["rows_per_step"]) == 2 * 9
     assert float(speed["masked"]["flop_ratio_vs_fusionframes"]) > 2.0  # 9 frame rows vs 2 pair rows per video
     quality = {r["method"] for r in rows if r["section"] == "quality"}
-    assert {"fusionframes", "masked", "linear blend of keyframes"} <= quality
+    assert {"fusionframes", "masked", "flow_pixel", "flow_latent", "linear blend of keyframes"} <= quality
     text = paths["md"].read_text()
     assert "indicative only" in text and "x" in text
 
