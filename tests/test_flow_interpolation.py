@@ -151,6 +151,9 @@ def test_frame_count_equals_the_diffusion_interpolators(fusionframes: FusionFram
     assert flow_seq.shape == diff_seq.shape == (1, output_frames(k, passes), 3, 16, 16)
     step = 4**passes
     torch.testing.assert_close(flow_seq[:, ::step], keys)  # keyframes kept, at the same positions
+    if passes == 1:  # the diffusion arms' interpolate_once arguments are accepted (and ignored): arms swap
+        once = FlowInterpolator(FarnebackFlow()).interpolate_once(keys, null, sampling, skip_frames=1, guidance_weight=0.25)
+        torch.testing.assert_close(once, flow_seq)
 
 
 def _space_to_depth(frames: torch.Tensor) -> torch.Tensor:
