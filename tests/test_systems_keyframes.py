@@ -99,10 +99,11 @@ def test_t2i_fit_trains_logs_and_caches_text(t2i_run: dict[str, Any]) -> None:
 
 
 def _keyframes_cfg(t2i_run: dict[str, Any], cache: Path, variant: str, *extra: str) -> Any:
+    system = "reference_keyframes" if KEYFRAME_DESIGNS[variant].reference else "keyframes"  # ref_* kinds: own system
     return load_config(
         ROOT / "experiments/keyframes/base.yaml",
         _overrides(cache, t2i_run["out"], f"model.variant={variant}", f"data.num_frames={FRAMES}",
-                   f"module.t2i_ckpt={t2i_run['result'].checkpoint}", *extra),
+                   f"module.t2i_ckpt={t2i_run['result'].checkpoint}", f"system={system}", *extra),
     )  # fmt: skip
 
 

@@ -21,6 +21,10 @@ the image model frame by frame (see :mod:`ff_lightning.models.unet_temporal` for
 ``layers_attn``           Only the temporal attention layers of ``layers``.
 ========================  ==============================================================================================
 
+``ref_blocks_conv1d_attn1d``: ``blocks_conv1d_attn1d`` + reference-image conditioning (the VideoGen / Kandinsky Video
+1.1 idea; no released checkpoint): the input conv sees ``[noisy | reference latent on the given frames | mask]`` and
+the reference's noise-augmentation level is added to the time embedding (see "Reference kinds" below).
+
 Derived kinds (no released checkpoint): "each spatial conv" of ``layers`` means the four convs of every ResNet stage
 (where the released interpolation model puts its temporal convs); the input / output convs, the 2x2 resampling
 convs, the shortcut convs and the 1x1 feed-forward convs get none. The conv3d kind swaps the released 3x1x1 middle
@@ -34,6 +38,16 @@ Kinds without temporal attention have no frame-position embedding (the release f
 
 Conditioning per row: ``time``, ``context`` and ``context_mask`` may be given per video (``b``) or per folded row
 (``b t``, the release's layout); per-video values are repeated for each frame.
+
+Reference kinds (``ref_*``): the image model's input conv becomes a
+:class:`~ff_lightning.models.reference.ReferenceInputConv` (its ``in_layer.weight`` / ``in_layer.bias`` are the image
+model's, bit-exact and frozen; the extra ``in_layer.reference_weight`` over ``[reference c | mask 1]`` is zero-init)
+and ``reference_level_embed`` (sinusoidal MLP of the noise-augmentation level, last Linear zero-init) is added to the
+time embedding. Both are zero at conversion, so the converted model equals the unconditioned kind, whatever reference
+it is given. Trainable after conversion with ``freeze_spatial``: ``in_layer.reference_weight``,
+``reference_level_embed.*``, the temporal blocks and the frame-position MLP; everything inherited stays frozen.
+:meth:`KeyframeUNet.image_unet` gives the image model back (shared frozen weights), which is the "image stage" that
+makes the reference at inference.
 """
 
 from __future__ import annotations
@@ -45,6 +59,12 @@ from typing import Any
 import torch
 from torch import nn
 
+from ff_lightning.models.reference import (
+    ReferenceInputConv,
+    pack_reference_input,
+    reference_level_embedding,
+    shared_image_unet,
+)
 from ff_lightning.models.unet import UNET_PRESETS, AttentionBlock, Block, KandinskyUNet, UNetConditioning, time_mlp
 from ff_lightning.models.unet_temporal import (
     TemporalAttentionBlock,
@@ -78,6 +98,7 @@ class KeyframeDesign:
     attention_blocks: bool = False  # TemporalAttentionBlocks next to the levels' self-attention
     conv_layers_kernel: tuple[int, int, int] | None = None  # temporal conv after each ResNet-stage conv
     attention_layers: bool = False  # TemporalAttentionLayer after each spatial attention
+    reference: bool = False  # reference-image conditioning at the input conv (+ its noise level in the time embedding)
 
     @property
     def uses_frame_positions(self) -> bool:
@@ -97,6 +118,10 @@ KEYFRAME_DESIGNS: dict[str, KeyframeDesign] = {
     "blocks_conv1d_attn1d": KeyframeDesign(
         "temporal blocks: 3x1x1 ResNet blocks + attention blocks (released Kandinsky Video 1.0)",
         resnet_kernel=(3, 1, 1), attention_blocks=True,
+    ),
+    "ref_blocks_conv1d_attn1d": KeyframeDesign(
+        "temporal blocks (release) + reference-image conditioning: [noisy | reference | mask] input conv, zero-init",
+        resnet_kernel=(3, 1, 1), attention_blocks=True, reference=True,
     ),
 }  # fmt: skip
 
@@ -130,6 +155,11 @@ class KeyframeUNet(VideoUNet):
     - ``frame_positions``: ``(b t,)`` explicit positions, else ``0, s, 2s, ...`` with ``s = frame_stride`` (int or
       ``(b,)``; default ``self.frame_stride``). Ignored by kinds without temporal attention.
 
+    - Reference kinds only: ``reference`` ``(b, c, h, w)`` latent per video (None: no reference, the input's extra
+      channels are zero); ``reference_frames`` which rows carry it: ``(b, t)`` / ``(b t,)`` 0/1 (a video with no 1
+      has no reference), a frame index, or None (frame 0); ``reference_level`` the reference's noise-augmentation
+      level (``(b,)``, ``(b t,)`` or scalar, timestep units; default 0).
+
     Returns ``(b t) out_channels h w``. :meth:`forward_official` takes the release's signature.
     """
 
@@ -148,13 +178,30 @@ class KeyframeUNet(VideoUNet):
         ref = image_unet.in_layer.weight
         embed = time_mlp(cfg["init_channels"], cfg["time_embed_dim"]) if design.uses_frame_positions else None
         embed = embed.to(device=ref.device, dtype=ref.dtype) if embed is not None else None
-        super().__init__(image_unet, {"to_temporal_embed": embed})
+        embeddings: dict[str, nn.Module | None] = {"to_temporal_embed": embed}
+        if design.reference:
+            level = reference_level_embedding(cfg["init_channels"], cfg["time_embed_dim"])
+            embeddings["reference_level_embed"] = level.to(device=ref.device, dtype=ref.dtype)
+        super().__init__(image_unet, embeddings)
         self.kind, self.design = kind, design
         self.num_frames = num_frames
         self.frame_stride = default_frame_stride(num_frames) if frame_stride is None else frame_stride
         self.config.update(kind=kind, num_frames=num_frames, frame_stride=self.frame_stride)
+        if design.reference:
+            self.in_layer = ReferenceInputConv(self.in_layer)  # keeps the image conv's own parameters
+            self.config.update(reference_channels=self.in_layer.in_channels - self.in_layer.noisy_channels)
         self._insert_temporal(design, zero_init_ffn)
         self.mark_inherited()
+
+    @property
+    def reference_conditioned(self) -> bool:
+        """Whether this kind takes a reference image (``ref_*`` kinds)."""
+        return self.design.reference
+
+    def image_unet(self) -> KandinskyUNet:
+        """The image model this one was converted from, sharing its frozen spatial parameters (no copy): the image
+        stage of reference kinds (see :func:`~ff_lightning.models.reference.shared_image_unet`)."""
+        return shared_image_unet(self)
 
     def _insert_temporal(self, design: KeyframeDesign, zero_init_ffn: bool) -> None:
         cfg = self.config
@@ -202,6 +249,9 @@ class KeyframeUNet(VideoUNet):
         num_frames: int | None = None,
         frame_positions: torch.Tensor | None = None,
         frame_stride: int | torch.Tensor | None = None,
+        reference: torch.Tensor | None = None,
+        reference_frames: torch.Tensor | int | None = None,
+        reference_level: float | torch.Tensor | None = None,
     ) -> torch.Tensor:
         num_frames = self.num_frames if num_frames is None else num_frames
         rows = x.shape[0]
@@ -219,6 +269,12 @@ class KeyframeUNet(VideoUNet):
                 frame_positions = make_frame_positions(num_frames, stride, rows // num_frames, x.device)
             frame_embed = self.to_temporal_embed(per_row(frame_positions, rows, num_frames).to(x.device))
         time_embed = self.embed_time(time, context, context_mask)
+        if self.design.reference:
+            x = pack_reference_input(x, num_frames, reference, reference_frames)  # (b t) (2c + 1) h w
+            level = torch.zeros(rows, device=x.device) if reference_level is None else reference_level
+            time_embed = time_embed + self.reference_level_embed(per_row(level, rows, num_frames).to(x.device))
+        elif reference is not None or reference_frames is not None or reference_level is not None:
+            raise ValueError(f"keyframe kind {self.kind!r} takes no reference image (the ref_* kinds do)")
         cond = UNetConditioning(time_embed, context, context_mask, num_frames=num_frames, frame_embed=frame_embed)
         return self.forward_features(x, cond)
 
@@ -253,7 +309,8 @@ def keyframe_unet_from_t2i(
 
     Spatial weights are the image model's, bit-exact: deep-copied (``copy=True``) or taken over in place
     (``copy=False``: ``unet`` is consumed and, with ``freeze_spatial``, frozen too). With ``freeze_spatial`` only the
-    temporal parameters (and the frame-position MLP) require grad. ``zero_init_ffn``: see
+    temporal parameters (and the frame-position MLP; for ``ref_*`` kinds also ``in_layer.reference_weight`` and
+    ``reference_level_embed``) require grad. ``zero_init_ffn``: see
     :mod:`ff_lightning.models.unet_temporal` (True makes the video model equal the image model at initialisation).
     Works on the meta device (nothing reads tensor values).
     """

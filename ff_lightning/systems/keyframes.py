@@ -141,9 +141,14 @@ def _config_mismatches(cfg: Any, t2i_config: Mapping[str, Any]) -> list[str]:
 
 
 class KeyframesModule(LatentDiffusionSystem):
-    """Keyframe generation: a frozen text-to-image UNet with trainable temporal parts (see the module docstring)."""
+    """Keyframe generation: a frozen text-to-image UNet with trainable temporal parts (see the module docstring).
+
+    Reference-conditioned kinds (``ref_*``) belong to the ``reference_keyframes`` system
+    (:class:`~ff_lightning.systems.reference_keyframes.ReferenceKeyframesModule`), which fills :meth:`unet_extras`.
+    """
 
     unet: KeyframeUNet
+    reference_conditioned = False  # whether this system trains ref_* kinds
 
     def build_unet(self) -> nn.Module:
         cfg, m = self.cfg, self.m
@@ -152,6 +157,12 @@ class KeyframesModule(LatentDiffusionSystem):
             raise ConfigError(f"the keyframes system needs model.component=keyframe_unet, got {mc.component!r}")
         if mc.variant not in KEYFRAME_DESIGNS:
             raise ConfigError(f"unknown keyframe variant {mc.variant!r}; valid choices: {', '.join(KEYFRAME_DESIGNS)}")
+        if KEYFRAME_DESIGNS[mc.variant].reference != self.reference_conditioned:
+            refs = [k for k, d in KEYFRAME_DESIGNS.items() if d.reference]
+            raise ConfigError(
+                f"model.variant={mc.variant!r} with system={cfg.system!r}: reference-conditioned variants "
+                f"({', '.join(refs)}) train with system=reference_keyframes, the others with system=keyframes"
+            )
         overrides = dict(mc.overrides)
         conversion = {k: overrides.pop(k) for k in CONVERSION_KEYS if k in overrides}
         num_frames = int(cfg.data.num_frames)
@@ -221,9 +232,15 @@ class KeyframesModule(LatentDiffusionSystem):
         steps, noise = _draw(self.schedule, x0, b, generator)  # one step per clip, noise per frame
         steps = repeat(steps, "b -> (b t)", t=t)  # (b t): every frame at its clip's step
         x_t = self.schedule.q_sample(x0, steps, noise)
-        out = self.unet(x_t, steps.to(x0.dtype), context, mask, num_frames=t, frame_stride=self.frame_strides(batch, b))
+        extras = self.unet_extras(x0, b, generator)
+        strides = self.frame_strides(batch, b)
+        out = self.unet(x_t, steps.to(x0.dtype), context, mask, num_frames=t, frame_stride=strides, **extras)
         target = self.schedule.target(self.m.prediction, x0, noise, steps)
         return F.mse_loss(out.float(), target.float())
+
+    def unet_extras(self, x0: torch.Tensor, videos: int, generator: torch.Generator | None) -> dict[str, Any]:
+        """Extra UNet inputs of a training / validation batch (clip latents ``x0`` ``(b t) c h w``): none here."""
+        return {}
 
     # ------------------------------------------------------------------------------------------------- sampling
     @torch.no_grad()

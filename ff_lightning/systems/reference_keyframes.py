@@ -1,0 +1,274 @@
+"""``ReferenceKeyframesModule`` (system ``reference_keyframes``): keyframes guided by a reference image.
+
+The VideoGen / Kandinsky Video 1.1 idea on the keyframe UNet: the ``ref_*`` keyframe kinds
+(:mod:`ff_lightning.models.keyframes`, :mod:`ff_lightning.models.reference`) take a reference latent on the given
+frames at the input conv. Everything else is the ``keyframes`` system (:class:`KeyframesModule`: the frozen T2I UNet,
+trainable temporal parts, frame-rate conditioning); this system adds (``module:`` options of
+:class:`ReferenceKeyframesSystemConfig`):
+
+Training. The reference is a real frame of the clip, ``reference_frame`` (default 0; None: a random frame per clip),
+its latent from the frozen MoVQ encoder (the clip's own ``x0``). It is noise-augmented to a level drawn uniformly
+from the integers ``reference_noise_levels = [lo, hi]`` (a timestep of the training schedule: ``q_sample`` of the
+latent; 0 = clean) and the level is a condition of the UNet. The reference is dropped (zeros, mask 0, level 0) with
+probability ``reference_dropout`` per clip, independently of the caption's ``cfg_dropout``, so the model learns
+``e(I, T)``, ``e(I, 0)``, ``e(0, T)`` and ``e(0, 0)``. Validation batches never drop (as for the text). The loss is the
+keyframe system's, over all frames.
+
+Sampling (:meth:`ReferenceKeyframesModule.generate`). The reference is a user image ``(B | 1, 3, H, W)`` in [-1, 1]
+(encoded by the MoVQ), a latent ``(B | 1, c, h, w)``, or, when none is given, made by the *image stage*: the
+keyframe UNet's own frozen spatial weights run as the text-to-image model
+(:meth:`~ff_lightning.models.keyframes.KeyframeUNet.image_unet`, i.e. the T2I base the model was converted from)
+with the same sampler, steps and text guidance, seed ``seed + IMAGE_SEED_OFFSET``. It is placed at frame
+``sample_reference_frame`` (default 0), noise-augmented to ``reference_sample_level`` (default 0: clean), and the
+video is sampled with two-weight guidance (:func:`~ff_lightning.models.reference.reference_guided_denoiser`): text
+weight ``guidance_weight``, image weight ``image_guidance_weight``; ``image_guidance_weight = 0`` is plain text CFG
+with the reference in both branches. ``use_reference=False`` samples without a reference (text CFG of the
+reference-dropped model).
+
+TensorBoard samples show, per prompt, one strip ``reference | keyframes | ground truth`` (``<tag>/strip``) and the
+keyframes as a video.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from einops import rearrange, repeat
+
+from ff_lightning.config import ConfigError
+from ff_lightning.diffusion import sample
+from ff_lightning.models.reference import reference_guided_denoiser
+from ff_lightning.systems.keyframes import KeyframesModule, KeyframesSystemConfig
+
+__all__ = ["ReferenceKeyframesSystemConfig", "ReferenceKeyframesModule", "IMAGE_SEED_OFFSET"]
+
+IMAGE_SEED_OFFSET = 1_000_003  # the image stage's seed is the sampling seed plus this (its own noise)
+
+
+@dataclass
+class ReferenceKeyframesSystemConfig(KeyframesSystemConfig):
+    """``module:`` section of the ``reference_keyframes`` system (the ``keyframes`` options plus these)."""
+
+    reference_frame: int | None = 0  # frame of a training clip used as its reference (None: a random frame per clip)
+    reference_noise_levels: list[int] = field(default_factory=lambda: [0, 100])  # [lo, hi] augmentation levels
+    reference_dropout: float = 0.1  # probability of training a clip without its reference (image guidance)
+    sample_reference_frame: int = 0  # frame that gets the reference when sampling
+    reference_sample_level: int = 0  # augmentation level of the reference when sampling (0: clean)
+    image_guidance_weight: float = 1.0  # w_img of the two-weight guidance (0: text CFG only)
+    image_steps: int | None = None  # sampler steps of the image stage (None: the keyframe stage's)
+
+
+class ReferenceKeyframesModule(KeyframesModule):
+    """Keyframes guided by a reference image; see the module docstring."""
+
+    reference_conditioned = True
+
+    def build_unet(self) -> Any:
+        m = self.m
+        lo, hi = (int(v) for v in m.reference_noise_levels)
+        if len(m.reference_noise_levels) != 2 or not 0 <= lo <= hi < int(m.train_timesteps):
+            raise ConfigError(
+                f"module.reference_noise_levels must be [lo, hi] with 0 <= lo <= hi < train_timesteps, "
+                f"got {list(m.reference_noise_levels)}"
+            )
+        if not 0.0 <= m.reference_dropout <= 1.0:
+            raise ConfigError(f"module.reference_dropout must lie in [0, 1], got {m.reference_dropout}")
+        t = int(self.cfg.data.num_frames)
+        for key in ("reference_frame", "sample_reference_frame"):
+            v = m.get(key)
+            if v is not None and not -t <= int(v) < t:
+                raise ConfigError(f"module.{key}={v} is not a frame of a {t}-frame clip")
+        return super().build_unet()
+
+    # ------------------------------------------------------------------------------------------------- training
+    def unet_extras(self, x0: torch.Tensor, videos: int, generator: torch.Generator | None) -> dict[str, Any]:
+        """The clip's reference frame ``(b, c, h, w)``, noise-augmented, its mask ``(b, t)`` and level ``(b,)``."""
+        m = self.m
+        t = x0.shape[0] // videos
+        clips = rearrange(x0, "(b t) c h w -> b t c h w", t=t)
+
+        def draw(fn: Any, *args: Any, **kwargs: Any) -> torch.Tensor:
+            if generator is None:
+                return fn(*args, device=x0.device, **kwargs)
+            return fn(*args, generator=generator, **kwargs).to(x0.device)
+
+        if m.reference_frame is None:
+            index = draw(torch.randint, 0, t, (videos,))
+        else:
+            index = torch.full((videos,), int(m.reference_frame) % t, device=x0.device, dtype=torch.long)
+        reference = clips[torch.arange(videos, device=x0.device), index]  # b c h w
+        lo, hi = (int(v) for v in m.reference_noise_levels)
+        level = draw(torch.randint, lo, hi + 1, (videos,))
+        noise = draw(torch.randn, reference.shape, dtype=reference.dtype)
+        if hi > 0:
+            noisy = self.schedule.q_sample(reference, level, noise)
+            reference = torch.where((level > 0)[:, None, None, None], noisy, reference)  # level 0: clean
+        keep = torch.ones(videos, device=x0.device, dtype=torch.bool)
+        if generator is None and m.reference_dropout > 0:  # training only, as the caption's cfg_dropout
+            keep = torch.rand(videos, device=x0.device) >= m.reference_dropout
+        frames = torch.zeros(videos, t, device=x0.device, dtype=x0.dtype)
+        frames[torch.arange(videos, device=x0.device), index] = keep.to(x0.dtype)
+        level = torch.where(keep, level, torch.zeros_like(level))
+        return {"reference": reference, "reference_frames": frames, "reference_level": level.to(x0.dtype)}
+
+    # ------------------------------------------------------------------------------------------------- sampling
+    def reference_latents(self, reference: torch.Tensor, videos: int) -> torch.Tensor:
+        """A user reference -> latents ``(videos, c, h, w)``: an image ``(B | 1, 3, H, W)`` in [-1, 1] is encoded by
+        the frozen MoVQ; a latent ``(B | 1, c, h, w)`` is used as is."""
+        c = int(self.unet.config["num_channels"])
+        ref = torch.as_tensor(reference).to(self.device)
+        if ref.ndim == 3:
+            ref = ref[None]
+        if ref.ndim != 4 or ref.shape[0] not in (1, videos):
+            raise ValueError(f"reference of shape {tuple(ref.shape)}: expected (1 or {videos}, 3 or {c}, H, W)")
+        if ref.shape[1] == 3 and c != 3:
+            ref = self.encode_frames(ref.to(self.text_projection.projection.weight.dtype))
+        elif ref.shape[1] != c:
+            raise ValueError(f"reference with {ref.shape[1]} channels: an RGB image (3) or a latent ({c})")
+        return ref.expand(videos, -1, -1, -1) if ref.shape[0] == 1 else ref
+
+    @torch.no_grad()
+    def generate_reference(
+        self,
+        prompts: Sequence[str],
+        latent_size: tuple[int, int],
+        *,
+        steps: int | None = None,
+        sampler: str | None = None,
+        guidance_weight: float | None = None,
+        seed: int | None = None,
+        progress: bool = False,
+    ) -> torch.Tensor:
+        """The image stage: reference latents ``(B, c, h, w)`` from the frozen T2I weights (see the module docstring)."""
+        image = self.unet.image_unet()
+        c = int(self.unet.config["num_channels"])
+        seed = self.m.sample_seed if seed is None else seed
+
+        def model_fn(x: torch.Tensor, time: torch.Tensor, ctx: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+            return image(x, time, ctx, mask)
+
+        return self.run_sampler(
+            model_fn, prompts, (len(prompts), c, *latent_size), steps=self.m.image_steps or steps, sampler=sampler,
+            guidance_weight=guidance_weight, seed=seed + IMAGE_SEED_OFFSET, progress=progress,
+        )  # fmt: skip
+
+    @torch.no_grad()
+    def generate(
+        self,
+        prompts: Sequence[str],
+        latent_size: tuple[int, int],
+        decode: bool = True,
+        frame_step: float | None = None,
+        *,
+        reference: torch.Tensor | None = None,
+        image_guidance_weight: float | None = None,
+        use_reference: bool = True,
+        return_reference: bool = False,
+        steps: int | None = None,
+        sampler: str | None = None,
+        guidance_weight: float | None = None,
+        seed: int | None = None,
+        progress: bool = False,
+    ) -> Any:
+        """Keyframe videos ``(B, T, 3, H, W)`` (latents ``(B, T, c, h, w)`` with ``decode=False``) that start from a
+        reference: ``reference`` (image or latent, see :meth:`reference_latents`), else the image stage's.
+
+        ``image_guidance_weight``: ``w_img`` (default ``module.image_guidance_weight``); ``guidance_weight``: the text
+        weight. ``use_reference=False``: no reference at all. ``return_reference``: also return the reference latents
+        ``(B, c, h, w)`` (None without one). Other arguments as :meth:`KeyframesModule.generate`.
+        """
+        m = self.m
+        b, t = len(prompts), self.num_frames
+        h, w = latent_size
+        c = int(self.unet.config["num_channels"])
+        stride = float(frame_step or m.sample_frame_step or float(self.cfg.data.stride)) * self.position_unit
+        seed = m.sample_seed if seed is None else seed
+        ref = None
+        if use_reference:
+            if reference is None:
+                ref = self.generate_reference(prompts, latent_size, steps=steps, sampler=sampler,
+                                              guidance_weight=guidance_weight, seed=seed, progress=progress)  # fmt: skip
+            else:
+                ref = self.reference_latents(reference, b)
+            if tuple(ref.shape[-2:]) != (h, w):
+                raise ValueError(f"reference latents of {tuple(ref.shape[-2:])} for keyframes of {(h, w)}")
+        frames = torch.zeros(b, t, device=self.device)
+        frames[:, int(m.sample_reference_frame)] = 1
+        level = torch.full((b,), float(m.reference_sample_level), device=self.device)
+        augmented = ref
+        if ref is not None and m.reference_sample_level > 0:
+            gen = torch.Generator().manual_seed(seed + 2 * IMAGE_SEED_OFFSET)
+            noise = torch.randn(ref.shape, generator=gen, dtype=ref.dtype).to(ref.device)
+            augmented = self.schedule.q_sample(ref, level.long(), noise)
+
+        def model_fn(
+            x: torch.Tensor, time: torch.Tensor, ctx: torch.Tensor, mask: torch.Tensor | None, use: torch.Tensor
+        ) -> torch.Tensor:
+            copies = use.shape[0] // b  # guidance branches stacked as [branch 0 videos | branch 1 videos | ...]
+            if augmented is None:
+                return self.unet(x, time, ctx, mask, num_frames=t, frame_stride=stride)
+            given = repeat(frames, "b t -> (k b) t", k=copies) * use[:, None].to(frames.dtype)
+            lvl = repeat(level, "b -> (k b)", k=copies) * use.to(level.dtype)
+            return self.unet(x, time, ctx, mask, num_frames=t, frame_stride=stride,
+                             reference=repeat(augmented, "b c h w -> (k b) c h w", k=copies), reference_frames=given,
+                             reference_level=lvl)  # fmt: skip
+
+        w_text = m.guidance_weight if guidance_weight is None else guidance_weight
+        w_img = m.image_guidance_weight if image_guidance_weight is None else image_guidance_weight
+        if ref is None:
+            w_img = 0.0
+        cond = self.text_condition(prompts)
+        uncond = self.uncond_condition(b, cond[0].shape[1]) if (w_text or w_img) else None
+        gen = torch.Generator(device="cpu").manual_seed(seed)
+        latents = sample(
+            reference_guided_denoiser(model_fn, cond, uncond, float(w_text), float(w_img)),
+            (b * t, c, h, w),
+            self.sampling_schedule(steps),
+            method=sampler or m.sampler,
+            prediction=m.prediction,
+            eta=m.ddim_eta,
+            threshold=m.dynamic_threshold,
+            threshold_group=t,
+            generator=gen,
+            device=self.device,
+            dtype=self.text_projection.projection.weight.dtype,
+            progress=progress,
+        )  # (b t) c h w
+        out = self.decode_latents(latents, num_frames=t) if decode else latents
+        video = rearrange(out, "(b t) c h w -> b t c h w", t=t)
+        return (video, ref) if return_reference else video
+
+    # ---------------------------------------------------------------------------------------------------- logging
+    @torch.no_grad()
+    def log_samples(self, tag: str, batch: Mapping[str, Any]) -> None:
+        """Per prompt a strip ``reference (image stage) | keyframes | ground truth`` (``<tag>/strip``) and the video."""
+        exp = self._tensorboard()
+        if exp is None or not self.trainer.is_global_zero:
+            return
+        n = min(self.m.num_log_samples, batch["video"].shape[0])
+        prompts = list(self.m.sample_prompts) or list(batch["caption"][:n])
+        truth = batch["video"][: len(prompts)]
+        latent = self.encode_frames(batch["video"][:1, 0])
+        was_training = self.training
+        self.eval()
+        try:
+            video, ref = self.generate(prompts, tuple(latent.shape[-2:]), return_reference=True)
+            ref_image = self.decode_latents(ref)  # b 3 H W
+        finally:
+            self.train(was_training)
+
+        def unit(x: torch.Tensor) -> torch.Tensor:
+            return ((x.float().clamp(-1, 1) + 1) / 2).cpu()
+
+        video, ref_image = unit(video), unit(ref_image)
+        parts = [ref_image, rearrange(video, "b t c h w -> b c h (t w)")]  # frames side by side
+        if not self.m.sample_prompts and truth.shape[2:] == video.shape[2:]:  # the batch's captions: its clips
+            parts.append(rearrange(unit(truth), "b t c h w -> b c h (t w)"))
+        exp.add_images(f"{tag}/strip", torch.cat(parts, dim=-1), global_step=self.global_step)
+        try:
+            exp.add_video(tag, video, global_step=self.global_step, fps=self.m.log_fps)
+        except Exception:  # pragma: no cover - moviepy missing or broken: the strip above has the frames
+            pass
