@@ -21,7 +21,7 @@ B ?=
 STEPS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install test lint data ablate-decoder bench-decoder bench-interpolation compare-temporal bench-keyframes clean
+.PHONY: help install test lint data ablate-decoder bench-decoder bench-interpolation compare-temporal tiny-models bench-keyframes clean
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_-]+:.*## / {printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -58,6 +58,9 @@ compare-temporal: install ## keyframes: temporal layers vs blocks on bundled sha
 	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(FF) ablate experiments/ablations/temporal.yaml \
 		$(if $(A),a_ckpt=$(A)) $(if $(B),b_ckpt=$(B)) $(if $(STEPS),steps=$(STEPS)) \
 		$(if $(MOVQ_CKPT),movq_ckpt=$(MOVQ_CKPT)) $(if $(REDO),--redo)
+
+tiny-models: install ## tiny keyframes + interpolation + video decoder in one MoVQ latent space (ff generate defaults; REDO=1)
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(PY) -m ff_lightning.tiny_models $(if $(REDO),--redo)
 
 bench-keyframes: install ## keyframe-UNet training step time / memory per temporal variant vs the image UNet and vs T
 	$(PY) benchmarks/keyframe_speed.py

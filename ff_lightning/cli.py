@@ -13,6 +13,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from ff_lightning.config import ConfigError
+from ff_lightning.interop.movq import CheckpointError
 from ff_lightning.registry import UnknownChoiceError
 
 __all__ = ["main", "build_parser"]
@@ -22,6 +23,7 @@ examples:
   ff train experiments/decoder/base.yaml
   ff train experiments/decoder/base.yaml model.variant=conv3x1x1 trainer.max_steps=200 run.name=c311
   ff train experiments/decoder/base.yaml trainer.fast_dev_run=true
+  ff train experiments/decoder/base.yaml run.checkpoint_every_n_steps=100 resume=auto   # continue after a crash
 overrides use omegaconf dotlist syntax (section.key=value); unknown keys are errors that list the valid keys.
 """
 
@@ -38,7 +40,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from ff_lightning.config import load_config, to_yaml
     from ff_lightning.train import fit
 
-    cfg = load_config(args.config, args.overrides)
+    # "resume=auto" / "resume=PATH" is short for run.resume=...
+    overrides = [f"run.{o}" if o.startswith("resume=") else o for o in args.overrides]
+    cfg = load_config(args.config, overrides)
     if args.print_config:
         print(to_yaml(cfg))
         return 0
@@ -46,6 +50,15 @@ def _cmd_train(args: argparse.Namespace) -> int:
     print(f"run directory: {result.run_dir}")
     if result.checkpoint:
         print(f"last checkpoint: {result.checkpoint}")
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from ff_lightning.checkpoints import export_checkpoint
+
+    manifest = export_checkpoint(args.checkpoint, args.out, use_ema=not args.no_ema)
+    for name, what in manifest["files"].items():
+        print(f"{args.out}/{name}: {what}")
     return 0
 
 
@@ -109,6 +122,17 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--print-config", action="store_true", help="print the resolved, validated config and exit")
     t.set_defaults(fn=_cmd_train)
 
+    ex = sub.add_parser(
+        "export",
+        help="export a training checkpoint as safetensors + config.yaml",
+        description="Write a checkpoint's weights as safetensors (the module, and the model alone in the released key "
+        "layout) with its resolved config.yaml. The checkpoint is read with weights_only=True.",
+    )
+    ex.add_argument("checkpoint", help="a .ckpt written by ff train")
+    ex.add_argument("--out", required=True, help="output folder")
+    ex.add_argument("--no-ema", action="store_true", help="export the raw weights even where the run kept an EMA")
+    ex.set_defaults(fn=_cmd_export)
+
     pa = sub.add_parser(
         "params",
         help="parameter counts of a registered model variant",
@@ -144,6 +168,9 @@ def build_parser() -> argparse.ArgumentParser:
     from ff_lightning.evaluation.cli import add_eval_parser
 
     add_eval_parser(sub)  # ff eval ucf101 | msrvtt | offline | compare | table
+    from ff_lightning.generate_cli import add_generate_parser
+
+    add_generate_parser(sub)  # ff generate "a prompt" [--keyframes CKPT --interpolation CKPT --decoder CKPT]
     return p
 
 
@@ -163,6 +190,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except FileNotFoundError as e:
         print(f"ff {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except CheckpointError as e:  # e.g. a checkpoint that would need arbitrary code to load
+        print(f"ff {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except FloatingPointError as e:  # a non-finite loss: the notes say where and which checkpoint was saved
+        print(f"ff {args.command}: error: {e}", *getattr(e, "__notes__", []), sep="\n  ", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

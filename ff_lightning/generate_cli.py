@@ -1,0 +1,114 @@
+"""``ff generate "a prompt"``: text -> keyframes -> interpolation -> video decoder -> mp4 (:mod:`ff_lightning.pipeline`).
+
+Without ``--keyframes`` / ``--interpolation`` / ``--decoder`` the tiny cached models of ``make tiny-models`` are used
+(:func:`ff_lightning.tiny_models.find_tiny_checkpoints`); a missing stage exits with status 2 naming the target that
+produces it. ``--no-interpolation`` / ``--no-decoder`` skip a stage on purpose (keyframes only; image-MoVQ decoding
+frame by frame).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from ff_lightning.config import ConfigError
+
+__all__ = ["add_generate_parser"]
+
+_EPILOG = """\
+examples:
+  ff generate "a red circle moving left slowly" --out video.mp4 --gif video.gif     # tiny models (make tiny-models)
+  ff generate "a prompt" --keyframes kf.ckpt --interpolation ip.ckpt --decoder dec.ckpt --out video.mp4 \\
+      --seed 3 --steps 50 --guidance 5 --passes 2 --interp-guidance 0.25 --tp 0 --skip 1 --fps 16
+checkpoints are Lightning .ckpt files of the keyframes / interpolation / decoder systems (e.g. runs/.../last.ckpt);
+all three must share one image-MoVQ latent space (checked: a mismatch is an error that names each stage's MoVQ).
+"""
+
+
+def _size(text: str) -> tuple[int, int]:
+    try:
+        h, w = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--size takes HxW, e.g. 32x32, got {text!r}") from None
+    return h, w
+
+
+def add_generate_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    g = sub.add_parser(
+        "generate",
+        help="text -> video with trained stage checkpoints (tiny cached models by default)",
+        description="Generate a video: keyframes -> interpolation (n passes) -> video decoder; writes mp4 (+ gif).",
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    g.add_argument("prompt", help="the text prompt")
+    g.add_argument("--keyframes", metavar="CKPT", help="keyframes-system checkpoint (default: tiny cached)")
+    g.add_argument("--interpolation", metavar="CKPT", help="interpolation-system checkpoint (default: tiny cached)")
+    g.add_argument("--decoder", metavar="CKPT", help="decoder-system checkpoint: the video MoVQ decoder")
+    g.add_argument("--no-interpolation", action="store_true", help="keyframes only")
+    g.add_argument("--no-decoder", action="store_true", help="decode with the image MoVQ, frame by frame")
+    g.add_argument("--out", default="video.mp4", help="mp4 to write (default video.mp4)")
+    g.add_argument("--gif", default=None, help="also write this GIF")
+    g.add_argument("--seed", type=int, default=0, help="seed of every random draw (default 0)")
+    g.add_argument("--steps", type=int, default=None, help="keyframe sampler steps (default: the model's)")
+    g.add_argument("--guidance", type=float, default=None, help="text guidance weight of the keyframes")
+    g.add_argument("--passes", type=int, default=1, help="interpolation passes: K -> 4^n (K-1) + 1 frames")
+    g.add_argument("--interp-steps", type=int, default=None, help="interpolation sampler steps")
+    g.add_argument("--interp-guidance", type=float, default=None, help="interpolation context guidance w")
+    g.add_argument("--tp", type=int, default=None, help="keyframe perturbation tp (0 released, 150 paper)")
+    g.add_argument("--skip", type=int, default=None, help="skip-frame s of the last interpolation pass")
+    g.add_argument("--frame-step", type=float, default=None, help="source-frame step of the keyframes (frame rate)")
+    g.add_argument("--size", type=_size, default=None, help="frame size HxW (default: the keyframe model's)")
+    g.add_argument("--fps", type=float, default=None, help="frame rate of the written video")
+    g.add_argument("--no-progress", action="store_true", help="no progress bars")
+    g.set_defaults(fn=_cmd_generate)
+
+
+def _resolve(args: argparse.Namespace) -> dict[str, str | None]:
+    """The checkpoint of each stage: given, skipped (None) or the tiny cached one; exits 2 naming a make target."""
+    from ff_lightning.tiny_models import TARGETS, find_tiny_checkpoints
+
+    wanted = {
+        "keyframes": args.keyframes,
+        "interpolation": None if args.no_interpolation else args.interpolation,
+        "decoder": None if args.no_decoder else args.decoder,
+    }
+    skipped = {"interpolation": args.no_interpolation, "decoder": args.no_decoder}
+    missing = [s for s, p in wanted.items() if p is None and not skipped.get(s)]
+    if missing:
+        tiny = find_tiny_checkpoints()
+        for stage in missing:
+            if tiny[stage] is None:
+                raise ConfigError(
+                    f"no {stage} checkpoint: pass --{stage} CKPT, or run `{TARGETS[stage]}` first (it trains the tiny "
+                    f"{stage} model ff generate uses by default into $FF_CACHE_DIR/models/tiny_pipeline/)"
+                )
+            wanted[stage] = str(tiny[stage])
+            print(f"{stage}: tiny cached model {tiny[stage]}", file=sys.stderr)
+    return wanted
+
+
+def _cmd_generate(args: argparse.Namespace) -> int:
+    from ff_lightning.pipeline import GenerateOptions, describe, generate
+
+    ckpts = _resolve(args)
+    if ckpts["decoder"] is None:
+        print("no video decoder: decoding with the keyframe model's image MoVQ, frame by frame", file=sys.stderr)
+    options = GenerateOptions(
+        seed=args.seed, steps=args.steps, guidance_weight=args.guidance, passes=args.passes,
+        interp_steps=args.interp_steps, interp_guidance_weight=args.interp_guidance, perturbation=args.tp,
+        skip_frames=args.skip, frame_step=args.frame_step, size=args.size, fps=args.fps,
+        progress=not args.no_progress,
+    )  # fmt: skip
+    if args.passes < 1 and ckpts["interpolation"]:
+        raise ConfigError("--passes must be >= 1 (use --no-interpolation for keyframes only)")
+    out = Path(args.out)
+    if out.suffix.lower() != ".mp4":
+        raise ConfigError(f"--out must name an .mp4 file, got {args.out}")
+    result = generate(
+        args.prompt, ckpts["keyframes"] or "", ckpts["interpolation"], ckpts["decoder"], out=out, gif=args.gif,
+        options=options,
+    )  # fmt: skip
+    print(describe(result))
+    return 0

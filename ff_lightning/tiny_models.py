@@ -1,0 +1,251 @@
+"""The tiny text-to-video models ``ff generate`` uses when given no checkpoints (``make tiny-models``).
+
+All three stages live in ONE MoVQ latent space: the image MoVQ and the text-to-image base that ``make
+compare-temporal`` trains on the bundled captioned shapes (same prepare chain, same cache keys: a machine that ran
+``compare-temporal`` reuses both). ``make ablate-decoder``'s video decoders are trained over a different image MoVQ
+(the real-footage one), so they are not used here; neither are ``make bench-interpolation``'s models (pixel space,
+no checkpoints kept).
+
+:func:`build_tiny_models` provides, under ``$FF_CACHE_DIR/models/tiny_pipeline/``:
+
+- ``keyframes.ckpt``: the ``blocks`` row of ``experiments/ablations/temporal.yaml`` (copied from that sweep's run
+  when ``make compare-temporal`` already trained it, otherwise trained here with the sweep's recipe);
+- ``interpolation.ckpt``: ``experiments/interpolation/base.yaml`` on the shapes (``INTERPOLATION_RECIPE``);
+- ``decoder.ckpt``: ``experiments/decoder/base.yaml``, the ``resblock_attn`` video decoder (``DECODER_RECIPE``);
+- ``manifest.json``: the three paths, the MoVQ / t2i files, each stage's training seconds.
+
+:func:`find_tiny_checkpoints` reads the manifest (the keyframe stage also falls back on the ``compare-temporal``
+blocks run); a missing stage maps to the make target that produces it (:data:`TARGETS`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from ff_lightning.paths import cache_dir
+
+__all__ = ["TARGETS", "tiny_dir", "find_tiny_checkpoints", "build_tiny_models", "write_untrained_stages",
+           "INTERPOLATION_RECIPE", "DECODER_RECIPE"]  # fmt: skip
+
+log = logging.getLogger(__name__)
+
+ROOT = Path(__file__).resolve().parents[1]
+EXPERIMENTS = ROOT / "experiments"
+STAGES = ("keyframes", "interpolation", "decoder")
+#: the make target that produces each stage's tiny checkpoint
+TARGETS = {"keyframes": "make tiny-models", "interpolation": "make tiny-models", "decoder": "make tiny-models"}
+
+#: interpolation on 9-frame shape clips (K = 3), s = 1 (the 16-frame clips fit no larger s), ~4 min on 2 CPUs
+INTERPOLATION_RECIPE = [
+    "data.source=bundled_shapes", "data.size=[32,32]", "data.num_frames=9", "data.stride=1", "data.batch_size=4",
+    "trainer.max_steps=200", "optim.lr=5.0e-4", "optim.warmup_steps=25", "trainer.limit_val_batches=0",
+    "module.log_samples_every_n_steps=0", "module.min_skip=1", "module.max_skip=1", "module.eval_skip=1",
+    "module.sample_skip=1",
+]  # fmt: skip
+#: the cheapest Table 3 row with temporal attention, whole decoder fine-tuned on 8-frame shape clips, ~2 min
+DECODER_RECIPE = [
+    "data.source=bundled_shapes", "data.size=[32,32]", "data.num_frames=8", "data.stride=1", "data.batch_size=1",
+    "model.variant=resblock_attn", "module.policy=decoder", "trainer.max_steps=120", "trainer.limit_val_batches=0",
+]  # fmt: skip
+
+
+def tiny_dir() -> Path:
+    return cache_dir() / "models" / "tiny_pipeline"
+
+
+def _manifest() -> dict[str, Any]:
+    p = tiny_dir() / "manifest.json"
+    try:
+        return json.loads(p.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _compare_temporal_blocks() -> Path | None:
+    """The ``blocks`` row checkpoint of the newest cached ``make compare-temporal`` run, if its files still exist."""
+    records = sorted((cache_dir() / "ablations" / "temporal").glob("blocks-*.json"), key=lambda p: p.stat().st_mtime)
+    for rec in reversed(records):
+        try:
+            run_dir = json.loads(rec.read_text()).get("run_dir")
+        except (OSError, ValueError):
+            continue
+        if not run_dir:
+            continue
+        for base in (Path(run_dir), ROOT / run_dir, Path.cwd() / run_dir):
+            ckpt = base / "checkpoints" / "last.ckpt"
+            if ckpt.is_file():
+                return ckpt
+    return None
+
+
+def find_tiny_checkpoints() -> dict[str, Path | None]:
+    """Stage -> the tiny cached checkpoint, or None when that stage has none yet."""
+    manifest = _manifest()
+    found: dict[str, Path | None] = {}
+    for stage in STAGES:
+        p = manifest.get(stage)
+        found[stage] = Path(p) if p and Path(p).is_file() else None
+    if found["keyframes"] is None:
+        found["keyframes"] = _compare_temporal_blocks()
+    return found
+
+
+# --------------------------------------------------------------------------------------------------------- build
+def _copy(src: Path, dst: Path) -> Path:
+    from ff_lightning.io import atomic_open
+
+    with open(src, "rb") as fin, atomic_open(dst, "wb") as fout:
+        shutil.copyfileobj(fin, fout)
+    return dst
+
+
+def _fit_last(cfg: Any) -> Path:
+    from ff_lightning.train import fit
+
+    result = fit(cfg)
+    if result.checkpoint is None or result.trainer.global_step < cfg.trainer.max_steps:
+        raise RuntimeError(f"{cfg.run.name}: training stopped at step {result.trainer.global_step}")
+    return result.checkpoint
+
+
+def build_tiny_models(redo: bool = False) -> dict[str, Any]:
+    """Provide the three tiny stages (see the module docstring); returns the manifest. Stages already built are
+    reused unless ``redo``."""
+    from ff_lightning.ablate import _PREPARES, _lookup, _prepare_steps, _row_config, _row_key, load_sweep
+    from ff_lightning.config import load_config
+    from ff_lightning.io import atomic_write_json
+
+    out = tiny_dir()
+    runs = out / "runs"
+    manifest = {} if redo else _manifest()
+    seconds: dict[str, float] = dict(manifest.get("seconds") or {})
+
+    sw, sweep_path = load_sweep(EXPERIMENTS / "ablations" / "temporal.yaml")
+    row = next(r for r in sw.rows if r.name == "blocks")
+    injected: dict[str, Any] = {}
+    t0 = time.time()
+    for step in _prepare_steps(sw, sweep_path):  # the compare-temporal chain: image MoVQ, then t2i base (cached)
+        probe = _row_config(sw, sweep_path, row, injected)
+        kwargs = {"overrides": step.overrides} if step.overrides else {}
+        injected.update(_lookup(_PREPARES, "prepare step", step.name)(probe, step.experiment, False, **kwargs))
+    seconds["prepare"] = round(time.time() - t0, 1)
+    movq, t2i = injected["module.movq_ckpt"], injected["module.t2i_ckpt"]
+    if manifest.get("movq_ckpt") not in (None, movq):
+        manifest = {}  # built over another MoVQ: rebuild every stage
+    common = [f"module.movq_ckpt={movq}", f"module.t2i_ckpt={t2i}", f"run.output_dir={runs}"]
+
+    def done(stage: str) -> bool:
+        p = manifest.get(stage)
+        return bool(p) and Path(p).is_file()
+
+    if not done("keyframes"):
+        t0 = time.time()
+        kf_cfg = _row_config(sw, sweep_path, row, injected)
+        record = cache_dir() / "ablations" / sw.name / f"{row.name}-{_row_key(sw, kf_cfg, row)}.json"
+        src = None
+        if record.is_file():
+            run_dir = json.loads(record.read_text()).get("run_dir")
+            for base in (Path(run_dir or "-"), ROOT / (run_dir or "-")):
+                if (base / "checkpoints" / "last.ckpt").is_file():
+                    src = base / "checkpoints" / "last.ckpt"
+                    break
+        if src is None:
+            from ff_lightning.config import compose
+
+            log.info("tiny keyframes: training the compare-temporal blocks recipe (%d steps)", kf_cfg.trainer.max_steps)
+            kf_cfg = compose(kf_cfg, [f"run.output_dir={runs}", "run.name=keyframes"], source="tiny keyframes")
+            src = _fit_last(kf_cfg)
+        else:
+            log.info("tiny keyframes: the compare-temporal blocks run %s", src)
+        manifest["keyframes"] = str(_copy(src, out / "keyframes.ckpt"))
+        seconds["keyframes"] = round(time.time() - t0, 1)
+
+    for stage, exp, recipe in (
+        ("interpolation", EXPERIMENTS / "interpolation" / "base.yaml", INTERPOLATION_RECIPE),
+        ("decoder", EXPERIMENTS / "decoder" / "base.yaml", DECODER_RECIPE),
+    ):
+        if done(stage):
+            continue
+        t0 = time.time()
+        items = [*recipe, *(c for c in common if stage != "decoder" or "t2i_ckpt" not in c), f"run.name={stage}"]
+        cfg = load_config(exp, items)
+        log.info("tiny %s: training %s (%d steps)", stage, exp.name, cfg.trainer.max_steps)
+        manifest[stage] = str(_copy(_fit_last(cfg), out / f"{stage}.ckpt"))
+        seconds[stage] = round(time.time() - t0, 1)
+
+    manifest.update({"movq_ckpt": movq, "t2i_ckpt": t2i, "seconds": seconds})
+    atomic_write_json(out / "manifest.json", manifest)
+    return manifest
+
+
+def write_untrained_stages(
+    folder: str | Path,
+    *,
+    seed: int = 0,
+    movq_seed: int | None = None,
+    num_keyframes: int = 4,
+    stages: tuple[str, ...] = STAGES,
+) -> dict[str, Path]:
+    """Checkpoints of the three stages at their initial weights (no training; seconds): for tests and for notebooks
+    on a clean clone (``stages``: which ones). One random tiny image MoVQ (``movq.safetensors``, seeded ``movq_seed``, default ``seed``) is the
+    latent space of all three; UNets start from a random text-to-image model (``allow_random_t2i``). Each checkpoint
+    is what Lightning writes for the fields the loaders read (``state_dict`` after the system's
+    ``on_save_checkpoint``, ``hyper_parameters.config``). Returns stage -> path (and ``movq``)."""
+    import lightning as L
+    import torch
+    from safetensors.torch import save_file
+
+    from ff_lightning import registry
+    from ff_lightning.config import load_config
+    from ff_lightning.io import atomic_torch_save
+    from ff_lightning.train import build_system
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed if movq_seed is None else movq_seed)
+    movq = folder / "movq.safetensors"
+    save_file({k: v.contiguous() for k, v in registry.build("movq", "movqgan", "tiny").state_dict().items()}, movq)
+    common = [f"module.movq_ckpt={movq}", "run.output_dir=" + str(folder / "runs")]
+    configs = {
+        "keyframes": (EXPERIMENTS / "keyframes" / "base.yaml",
+                      ["module.allow_random_t2i=true", "module.sample_steps=2", f"data.num_frames={num_keyframes}"]),
+        "interpolation": (EXPERIMENTS / "interpolation" / "base.yaml",
+                          ["module.allow_random_t2i=true", "module.sample_steps=2"]),
+        "decoder": (EXPERIMENTS / "decoder" / "base.yaml", []),
+    }  # fmt: skip
+    paths = {"movq": movq}
+    for i, (stage, (exp, items)) in enumerate(configs.items()):
+        if stage not in stages:
+            continue
+        torch.manual_seed(seed * 10 + i + 1)
+        module = build_system(load_config(exp, [*items, *common]))
+        ckpt: dict[str, Any] = {
+            "epoch": 0, "global_step": 0, "pytorch-lightning_version": L.__version__,
+            "state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams),
+        }  # fmt: skip
+        module.on_save_checkpoint(ckpt)
+        paths[stage] = atomic_torch_save(ckpt, folder / f"{stage}.ckpt")
+    return paths
+
+
+def main() -> None:  # pragma: no cover - `make tiny-models`
+    import argparse
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    p = argparse.ArgumentParser(description="train the tiny text-to-video stages ff generate uses by default")
+    p.add_argument("--redo", action="store_true", help="retrain every stage")
+    args = p.parse_args()
+    t0 = time.time()
+    manifest = build_tiny_models(redo=args.redo)
+    for stage in STAGES:
+        print(f"{stage}: {manifest[stage]}")
+    print(f"seconds per stage: {manifest['seconds']}; total {time.time() - t0:.0f}s")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()
