@@ -87,6 +87,9 @@ class TrainerConfig:
     fast_dev_run: bool = False
     deterministic: bool = False
     enable_progress_bar: bool = True
+    # activation checkpointing of the UNet levels (recompute in the backward pass: less memory, ~30% more compute);
+    # handled by ff_lightning.train, not passed to lightning.Trainer
+    gradient_checkpointing: bool = False
 
 
 @dataclass
@@ -94,8 +97,9 @@ class RunConfig:
     name: str = "run"
     output_dir: str = "runs"  # TensorBoard logs, checkpoints and the resolved config go under output_dir/name/version_N
     seed: int = 0
-    resume: str | None = None  # a checkpoint path, or "auto" for the newest last.ckpt of this run name
-    checkpoint_every_n_steps: int | None = None
+    resume: str | None = None  # a checkpoint path, or "auto" for the newest checkpoint of this run name
+    checkpoint_every_n_steps: int | None = None  # periodic checkpoints (last.ckpt is also written every epoch end)
+    seed_every_step: bool = True  # reseed torch from (seed, rank, epoch, batch) before each training batch
 
 
 @dataclass
@@ -189,6 +193,29 @@ def _check_choices(cfg: DictConfig, problems: list[str]) -> None:
                 )
 
 
+#: ``trainer.precision`` values (Lightning's precision names)
+PRECISIONS: tuple[str, ...] = ("32-true", "bf16-mixed", "16-mixed", "bf16-true", "16-true", "64-true")
+
+
+def _strategies() -> list[str]:
+    from lightning.pytorch.strategies import StrategyRegistry
+
+    return ["auto", *StrategyRegistry.available_strategies()]
+
+
+def _check_trainer(cfg: DictConfig, problems: list[str]) -> None:
+    """Strategy and precision names, and the sizes that must be positive."""
+    t = cfg.trainer
+    if t.precision not in PRECISIONS:
+        problems.append(f"unknown trainer.precision {t.precision!r}; valid choices: {', '.join(PRECISIONS)}")
+    strategies = _strategies()
+    if t.strategy not in strategies:
+        problems.append(f"unknown trainer.strategy {t.strategy!r}; valid choices: {', '.join(strategies)}")
+    for key in ("num_nodes", "accumulate_grad_batches"):
+        if int(t[key]) < 1:
+            problems.append(f"trainer.{key} must be >= 1, got {t[key]}")
+
+
 def compose(
     raw: DictConfig | dict[str, Any] | None = None, overrides: Sequence[str] = (), *, source: str = "<config>"
 ) -> DictConfig:
@@ -212,6 +239,7 @@ def compose(
     except OmegaConfBaseException as e:
         raise ConfigError(f"{source}: invalid value for {e.full_key!r}: {e.msg}") from None
     _check_choices(cfg, problems)
+    _check_trainer(cfg, problems)
     if not problems:
         schema = _schema_for_system(cfg.system)
         _check_keys(module_raw, schema, "module.", problems)

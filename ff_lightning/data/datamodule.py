@@ -1,5 +1,10 @@
 """The LightningDataModule every training system uses: one :class:`DataConfig` in, batches of clips out.
 
+Training batches come in the order of a :class:`~ff_lightning.data.samplers.EpochSampler` sharded across the
+trainer's ranks (Lightning does not wrap it), through a :class:`~ff_lightning.data.samplers.ResumableDataLoader` whose
+position (epoch, samples taken) is saved in checkpoints, so a run restored mid-epoch sees the same data order as an
+uninterrupted one.
+
 Batches are dicts (see :func:`~ff_lightning.data.collate.collate_clips`): ``video`` ``(B, T, C, H, W)`` float32 in
 [-1, 1], ``caption`` list[str], ``label`` int64 ``(B,)``, ``meta`` list[dict], ``skipped`` list[str]. Validation and
 test read the source's held-out split (or the train split when ``val_split == "train"``) in a fixed order.
@@ -8,6 +13,7 @@ test read the source's held-out split (or the train split when ``val_split == "t
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import lightning.pytorch as pl
 from torch.utils.data import DataLoader
@@ -17,7 +23,7 @@ from .bundled import BUNDLED, ensure_bundled
 from .collate import collate_clips
 from .config import DataConfig
 from .registry import build_dataset, check_source
-from .samplers import EpochSampler
+from .samplers import EpochSampler, ResumableDataLoader
 
 __all__ = ["VideoDataModule", "build_datamodule"]
 
@@ -32,6 +38,7 @@ class VideoDataModule(pl.LightningDataModule):
         check_source(cfg.source)
         self.cfg = cfg
         self.datasets: dict[str, ClipDataset] = {}
+        self._train_loader: ResumableDataLoader | None = None
 
     def prepare_data(self) -> None:
         """Build the bundled data once (rank zero) when the source reads it."""
@@ -50,15 +57,26 @@ class VideoDataModule(pl.LightningDataModule):
             log.info("%s %s: %d samples", self.cfg.source, split, len(self.datasets[split]))
         return self.datasets[split]
 
+    def _replicas(self) -> tuple[int, int]:
+        """``(world size, global rank)`` of the attached trainer; ``(1, 0)`` without one."""
+        trainer = getattr(self, "trainer", None)
+        if trainer is None:
+            return 1, 0
+        return int(trainer.world_size), int(trainer.global_rank)
+
     def _loader(self, split: str, *, train: bool) -> DataLoader:
         cfg = self.cfg
         ds = self.dataset(split)
         batch_size = cfg.batch_size if train else (cfg.val_batch_size or cfg.batch_size)
         workers = int(cfg.num_workers)
-        return DataLoader(
+        world, rank = self._replicas()
+        sampler = EpochSampler(
+            len(ds), shuffle=train and cfg.shuffle, seed=cfg.seed, num_replicas=world, rank=rank, pad=train
+        )
+        return (ResumableDataLoader if train else DataLoader)(
             ds,
             batch_size=batch_size,
-            sampler=EpochSampler(len(ds), shuffle=train and cfg.shuffle, seed=cfg.seed),
+            sampler=sampler,
             num_workers=workers,
             collate_fn=collate_clips,
             pin_memory=cfg.pin_memory,
@@ -67,7 +85,18 @@ class VideoDataModule(pl.LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader("train", train=True)
+        loader = self._loader("train", train=True)
+        assert isinstance(loader, ResumableDataLoader)
+        self._train_loader = loader
+        return loader
+
+    def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """Count the samples the training loop takes (the resumable position saved in checkpoints)."""
+        trainer = getattr(self, "trainer", None)
+        if self._train_loader is not None and trainer is not None and trainer.training:
+            video = batch.get("video") if isinstance(batch, dict) else None
+            self._train_loader.advance(len(video) if video is not None else self.cfg.batch_size)
+        return batch
 
     def val_dataloader(self) -> DataLoader:
         return self._loader("val", train=False)

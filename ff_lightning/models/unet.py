@@ -37,6 +37,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from einops import rearrange
 from torch import nn
 
@@ -456,7 +457,13 @@ class KandinskyUNet(nn.Module):
     ``(b t)``; ``h``, ``w`` divisible by ``2 ** (levels - 1)``), ``time`` ``(n,)`` raw timestep values, ``context``
     ``(n, j, context_dim)`` text tokens, ``context_mask`` ``(n, j)`` bool (True = real token; None = all real).
     Returns ``(n, out_channels, h, w)``. This is also the release's call signature.
+
+    :meth:`set_gradient_checkpointing` makes training recompute each down/up level's activations in the backward pass
+    instead of storing them (``torch.utils.checkpoint``, non-reentrant): same gradients, less memory, about one more
+    forward pass of compute. It is off by default and never changes the state dict.
     """
+
+    gradient_checkpointing: bool = False
 
     def __init__(
         self,
@@ -524,6 +531,15 @@ class KandinskyUNet(nn.Module):
         self.up_samples = image_unet.up_samples
         self.out_layer = image_unet.out_layer
 
+    def set_gradient_checkpointing(self, enabled: bool = True) -> None:
+        """Recompute the levels' activations in the backward pass (training with gradients only)."""
+        self.gradient_checkpointing = bool(enabled)
+
+    def _level(self, level: nn.Module, x: torch.Tensor, cond: UNetConditioning) -> torch.Tensor:
+        if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
+            return torch.utils.checkpoint.checkpoint(level, x, cond, use_reentrant=False)
+        return level(x, cond)
+
     def embed_time(
         self, time: torch.Tensor, context: torch.Tensor | None, context_mask: torch.Tensor | None
     ) -> torch.Tensor:
@@ -538,13 +554,13 @@ class KandinskyUNet(nn.Module):
         x = self.in_layer(x)
         skips = []
         for level, down in enumerate(self.down_samples):
-            x = down(x, cond)
+            x = self._level(down, x, cond)
             if level != len(self.down_samples) - 1:
                 skips.append(x)
         for level, up in enumerate(self.up_samples):
             if level != 0:
                 x = torch.cat([x, skips.pop()], dim=1)
-            x = up(x, cond)
+            x = self._level(up, x, cond)
         return self.out_layer(x)
 
     def forward(
