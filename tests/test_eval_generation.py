@@ -36,12 +36,15 @@ def test_test_generators_are_deterministic_videos_in_range() -> None:
         build_generator("nope", **HINTS)
 
 
-def test_checkpoint_generator_says_it_is_not_supported_yet(tmp_path: Path) -> None:
+def test_checkpoint_generator_refuses_what_is_not_a_keyframe_checkpoint(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="keyframe checkpoint not found"):
         from_checkpoint(tmp_path / "missing.ckpt")
     ckpt = tmp_path / "k.ckpt"
     ckpt.write_bytes(b"weights")
-    with pytest.raises(GeneratorUnavailable, match="keyframe checkpoints are not supported yet \\(needs the keyframe"):
+    with pytest.raises(GeneratorUnavailable, match="not a keyframe checkpoint: torch.load\\(weights_only=True\\)"):
+        from_checkpoint(ckpt, **HINTS)
+    torch.save({"state_dict": {"unet.w": torch.zeros(1)}}, ckpt)  # no config in it nor in a run folder
+    with pytest.raises(GeneratorUnavailable, match="has no experiment config"):
         from_checkpoint(ckpt, **HINTS)
 
 

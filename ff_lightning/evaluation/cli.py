@@ -4,7 +4,8 @@ Wired into the ``ff`` command by :func:`add_eval_parser` (``ff_lightning/cli.py`
 
     ff eval ucf101  --generator NAME | --keyframes CKPT [--protocol YAML] [--c3d PATH] [--c3d-mean PATH] [--i3d PATH]
                     [--data-root UCF101_ROOT] [--num-samples N] [--set KEY=VALUE ...] [--out DIR] [--run-name NAME]
-                    [--resume | --no-resume] [--device DEV]
+                    [--resume | --no-resume] [--device DEV] [--allow-missing]
+                    [--sample-steps N] [--guidance-weight W] [--sampler ddim|ddpm] [--movq PATH]   (with --keyframes)
     ff eval msrvtt  --generator NAME | --keyframes CKPT [--clip PATH] [--data-root MSRVTT_ROOT] ...
     ff eval offline [--generator test_shapes | --keyframes CKPT] [--inception PATH] [--i3d PATH] [--clip PATH] ...
     ff eval compare A.json B.json
@@ -29,6 +30,8 @@ examples:
   ff eval ucf101 --generator test_noise --num-samples 202 --data-root ~/data/UCF-101 \\
                  --c3d ~/weights/conv3d_deepnetA_ucf.npz --i3d ~/weights/i3d_torchscript.pt
   ff eval msrvtt --keyframes runs/keyframes/last.ckpt --clip ~/weights/ViT-B-32.pt --data-root ~/data/MSRVTT
+  ff eval ucf101 --keyframes runs/temporal/blocks/version_0/checkpoints/last.ckpt --sample-steps 20 \
+                 --c3d ~/weights/conv3d_deepnetA_ucf.npz --i3d ~/weights/i3d_torchscript.pt --data-root ~/data/UCF-101
   ff eval compare benchmarks/results/eval/bundled_offline_v1/test_noise.json \\
                   benchmarks/results/eval/bundled_offline_v1/test_shapes.json
   ff eval table benchmarks/results/eval/ucf101_zeroshot_v1/*.json benchmarks/results/eval/msrvtt_clipsim_v1/*.json
@@ -36,6 +39,10 @@ protocols: experiments/eval/*.yaml (versioned; --set KEY=VALUE overrides are rec
 not comparable to the paper). Weights: explicit path > $FF_WEIGHTS_DIR > $FF_CACHE_DIR/weights > error; never
 downloaded. Results: benchmarks/results/eval/<protocol>/<run-name>.json (or --out DIR/<run-name>.json); samples:
 $FF_CACHE_DIR/eval/samples/<protocol>/<run-name>/ (or --out DIR/samples), reused when a run is resumed.
+--keyframes CKPT: a checkpoint of the keyframes system (weights-only load), any preset; videos at the model's own
+resolution and frame count (fewer frames than the protocol reads: repeated, result marked not comparable); the
+run name defaults to keyframes-<variant>-<preset>-<sha256[:8]>. A missing required evaluator file stops the run
+before generation; --allow-missing generates anyway and reports those metrics unavailable with the reason.
 """
 
 
@@ -79,6 +86,15 @@ def format_summary(record: dict[str, Any], path: Path | str | None = None) -> st
     return "\n".join(lines)
 
 
+def _generator_options(args: argparse.Namespace) -> dict[str, Any]:
+    given = {k: getattr(args, k, None) for k in ("sample_steps", "guidance_weight", "sampler", "movq")}
+    given = {k: v for k, v in given.items() if v is not None}
+    if given and getattr(args, "keyframes", None) is None:
+        flags = ", ".join("--" + k.replace("_", "-") for k in given)
+        raise ValueError(f"{flags} apply to --keyframes CKPT only")
+    return given
+
+
 def _options(args: argparse.Namespace, weights: dict[str, str | None]) -> Any:
     from ff_lightning.evaluation.runner import RunOptions
 
@@ -90,6 +106,8 @@ def _options(args: argparse.Namespace, weights: dict[str, str | None]) -> Any:
         weights={k: v for k, v in weights.items() if v},
         device=args.device,
         progress=not args.quiet,
+        generator_options=_generator_options(args),
+        allow_missing=bool(getattr(args, "allow_missing", False)),
     )
 
 
@@ -164,7 +182,7 @@ def _guarded(fn: Any) -> Any:
 def _common(p: argparse.ArgumentParser, benchmark: str) -> None:
     who = p.add_mutually_exclusive_group(required=benchmark != "offline")
     who.add_argument("--generator", help="a registered generator (test_noise, test_shapes, ...)")
-    who.add_argument("--keyframes", metavar="CKPT", help="a keyframe pipeline checkpoint (not supported yet)")
+    who.add_argument("--keyframes", metavar="CKPT", help="a checkpoint of the keyframes system (any preset)")
     p.add_argument("--protocol", help=f"protocol yaml (default: the released {benchmark} protocol)")
     p.add_argument("--data-root", help="dataset root" + (" (default: the bundled cache)" if benchmark == "offline"
                                                           else ""))
@@ -176,6 +194,15 @@ def _common(p: argparse.ArgumentParser, benchmark: str) -> None:
                    help="reuse samples already in the sample folder (default) or regenerate them all")
     p.add_argument("--device", default="cpu", help="torch device for generators and evaluators (default cpu)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--allow-missing", action="store_true",
+                   help="generate even when required evaluator files are missing; those metrics are reported "
+                   "unavailable with the reason (default: stop before generating)")
+    k = p.add_argument_group("keyframe checkpoints (--keyframes)")
+    k.add_argument("--sample-steps", type=int, help="sampler steps (default: the checkpoint's module.sample_steps)")
+    k.add_argument("--guidance-weight", type=float,
+                   help="classifier-free guidance weight (default: the checkpoint's module.guidance_weight)")
+    k.add_argument("--sampler", choices=["ddim", "ddpm"], help="sampler (default: the checkpoint's module.sampler)")
+    k.add_argument("--movq", help="the frozen image MoVQ file (default: the checkpoint's module.movq_ckpt)")
     p.set_defaults(fn=_guarded(_run))
 
 

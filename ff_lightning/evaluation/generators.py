@@ -16,8 +16,9 @@ section: ``num_frames``, ``size`` [H, W], ``fps``):
   and the shapes classifier have something to measure before any model is trained.
 
 Checkpoints: :func:`from_checkpoint` hands a checkpoint file to the loaders registered with
-:func:`register_checkpoint_loader` (the keyframe pipeline registers one when it exists); with none registered it
-raises :class:`GeneratorUnavailable` saying so.
+:func:`register_checkpoint_loader`; the built-in one (:mod:`.keyframe_generator`, imported on first use) takes
+checkpoints of the ``keyframes`` system. A loader returns None or raises :class:`GeneratorUnavailable` (with what
+the file is) when a file is not its kind; when no loader accepts the file, the error lists every loader's reason.
 """
 
 from __future__ import annotations
@@ -161,26 +162,42 @@ def build_generator(name: str, **hints: Any) -> NamedGenerator:
     return GENERATORS[name](**hints)
 
 
+#: modules that register the built-in checkpoint loaders when imported
+_BUILTIN_LOADERS: tuple[str, ...] = ("ff_lightning.evaluation.keyframe_generator",)
+
+
 def from_checkpoint(path: str | Path, **hints: Any) -> NamedGenerator:
-    """A generator from a keyframe (+ interpolation) checkpoint, through the registered loaders.
+    """A generator from a checkpoint (today: a keyframe checkpoint), through the registered loaders.
+
+    ``hints``: the protocol's generation hints (``num_frames``, ``size``, ``fps``) plus the loader options
+    (``device``, and for keyframe checkpoints ``sample_steps``, ``guidance_weight``, ``sampler``, ``movq``).
+    The identity gets the checkpoint's resolved path and sha256.
 
     Raises:
         FileNotFoundError: ``path`` does not exist.
-        GeneratorUnavailable: no registered loader accepts it (today: always, the keyframe model does not exist yet).
+        GeneratorUnavailable: no registered loader accepts it (the message says why each one refused it).
     """
+    import importlib
+
+    for module in _BUILTIN_LOADERS:
+        importlib.import_module(module)
     p = Path(path).expanduser()
     if not p.is_file():
         raise FileNotFoundError(f"keyframe checkpoint not found: {p}")
+    reasons = []
     for loader in _CHECKPOINT_LOADERS:
-        gen = loader(p, **hints)
+        try:
+            gen = loader(p, **hints)
+        except GeneratorUnavailable as e:
+            reasons.append(str(e))
+            continue
         if gen is not None:
             from ff_lightning.metrics.weights import sha256_file
 
             gen.identity.setdefault("kind", "checkpoint")
             gen.identity.update({"checkpoint": str(p.resolve()), "checkpoint_sha256": sha256_file(p)})
             return gen
-    raise GeneratorUnavailable(
-        f"keyframe checkpoints are not supported yet (needs the keyframe model): {p}. Evaluate a registered "
-        f"generator instead (--generator {{{', '.join(generator_names())}}}); when the keyframe pipeline exists it "
-        "registers a loader with ff_lightning.evaluation.generators.register_checkpoint_loader."
-    )
+        reasons.append(f"{getattr(loader, '__name__', loader)}: not its kind")
+    if len(reasons) == 1:
+        raise GeneratorUnavailable(reasons[0])
+    raise GeneratorUnavailable(f"no checkpoint loader accepts {p}:\n  " + "\n  ".join(reasons))

@@ -14,7 +14,14 @@ from ff_lightning.evaluation.generators import NamedGenerator
 from ff_lightning.evaluation.protocol import LoadedProtocol, load_protocol
 from ff_lightning.evaluation.runner import PromptSet, RunOptions, RunOutput, make_generator, run_benchmark
 
-__all__ = ["evaluate_msrvtt", "msrvtt_prompts"]
+__all__ = ["OBTAIN_MSRVTT", "evaluate_msrvtt", "msrvtt_prompts"]
+
+#: where the annotation file comes from (never downloaded by ff_lightning)
+OBTAIN_MSRVTT = (
+    "it is not shipped and never downloaded here; the copy most text-video retrieval code uses is inside "
+    "msrvtt_data.zip of the CLIP4Clip release v0.0, https://github.com/ArrowLuo/CLIP4Clip/releases; the official "
+    "page was http://ms-multimedia-challenge.com/2017/dataset"
+)
 
 
 def msrvtt_prompts(loaded: LoadedProtocol, data_root: str | Path | None) -> PromptSet:
@@ -23,10 +30,12 @@ def msrvtt_prompts(loaded: LoadedProtocol, data_root: str | Path | None) -> Prom
     from ff_lightning.data.msrvtt import MSRVTTDataset
 
     p = loaded.protocol
-    if data_root is None:
+    if data_root is None or not (Path(data_root) / "MSRVTT_data.json").is_file():
+        where = "no --data-root given" if data_root is None else f"{Path(data_root) / 'MSRVTT_data.json'} not found"
         raise FileNotFoundError(
-            "MSR-VTT needs --data-root MSRVTT_ROOT: the folder holding MSRVTT_data.json (the annotations with "
-            "'videos' and 'sentences'); only the captions are read"
+            f"MSR-VTT captions missing ({where}): pass --data-root MSRVTT_ROOT, the folder holding MSRVTT_data.json "
+            f"(the annotation file of the MSR-VTT release, Xu et al. CVPR 2016, with 'videos' and 'sentences'; "
+            f"{OBTAIN_MSRVTT}). Only the captions are read; no MSR-VTT video is needed for CLIPSIM."
         )
     ds = MSRVTTDataset(data_root, p.prompts.split, ClipOptions())
     records = [r for r in ds.records if r.captions or r.caption]
@@ -57,5 +66,6 @@ def evaluate_msrvtt(
     """Run the MSR-VTT protocol (default ``experiments/eval/msrvtt_clipsim_v1.yaml``); returns the written result."""
     opts = options or RunOptions()
     loaded = load_protocol(protocol, overrides or [], benchmark="msrvtt")
-    gen = generator if isinstance(generator, NamedGenerator) else make_generator(loaded, generator, checkpoint)
-    return run_benchmark(loaded, gen, msrvtt_prompts(loaded, opts.data_root), opts)
+    prompts = msrvtt_prompts(loaded, opts.data_root)  # data problems show before a checkpoint is loaded
+    gen = generator if isinstance(generator, NamedGenerator) else make_generator(loaded, generator, checkpoint, opts)
+    return run_benchmark(loaded, gen, prompts, opts)

@@ -67,5 +67,6 @@ def evaluate_offline(
     loaded = load_protocol(protocol, overrides or [], benchmark="offline")
     if checkpoint is not None:
         generator = None
-    gen = generator if isinstance(generator, NamedGenerator) else make_generator(loaded, generator, checkpoint)
-    return run_benchmark(loaded, gen, bundled_prompts(loaded, opts.data_root), opts)
+    prompts = bundled_prompts(loaded, opts.data_root)  # data problems show before a checkpoint is loaded
+    gen = generator if isinstance(generator, NamedGenerator) else make_generator(loaded, generator, checkpoint, opts)
+    return run_benchmark(loaded, gen, prompts, opts)

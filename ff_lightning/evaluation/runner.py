@@ -3,8 +3,9 @@
 Order of work (so that a missing file fails before hours of generation):
 
 1. every metric's evaluator is resolved and loaded (a missing required file raises
-   :class:`~ff_lightning.metrics.weights.WeightsUnavailable` with its name, source and where to put it; an optional
-   one becomes an unavailable metric with that message);
+   :class:`~ff_lightning.metrics.weights.WeightsUnavailable` naming every missing file, its source and where to put
+   it; an optional one becomes an unavailable metric with that message, and so does a required one when the run is
+   made with ``allow_missing``: the samples are generated anyway, reused later when the files are there);
 2. the real-clip statistics of the Fréchet metrics are computed or read from the cache (:mod:`.reference`);
 3. missing samples are generated into the sample folder (:mod:`.samples`, resumable);
 4. the stored samples are read back in batches and every evaluator runs on them;
@@ -73,7 +74,12 @@ class PromptSet:
 
 @dataclass
 class RunOptions:
-    """Where and how a run works; ``weights`` maps a metric kind (or ``c3d_mean``) to an explicit evaluator file."""
+    """Where and how a run works; ``weights`` maps a metric kind (or ``c3d_mean``) to an explicit evaluator file.
+
+    ``generator_options``: passed to a checkpoint loader (keyframe checkpoints: ``sample_steps``,
+    ``guidance_weight``, ``sampler``, ``movq``); ``allow_missing``: report metrics whose evaluator files are missing
+    as unavailable instead of failing (see the module docstring).
+    """
 
     out: Path | None = None
     run_name: str | None = None
@@ -84,6 +90,8 @@ class RunOptions:
     device: str = "cpu"
     progress: bool = True
     real_stats_cache: Path | None = None
+    generator_options: dict[str, Any] = field(default_factory=dict)
+    allow_missing: bool = False
 
 
 @dataclass
@@ -130,6 +138,7 @@ def _load_all(loaded: LoadedProtocol, options: RunOptions) -> tuple[dict[str, Ev
     """Load every metric's evaluator; returns ``(evaluators, unavailable records)``."""
     evaluators: dict[str, Evaluator] = {}
     missing: dict[str, dict[str, Any]] = {}
+    required_missing: list[str] = []
     shared: dict[tuple[Any, ...], Evaluator] = {}
     for name, spec in loaded.protocol.metrics.items():
         if spec.kind == "not_applicable":
@@ -144,14 +153,22 @@ def _load_all(loaded: LoadedProtocol, options: RunOptions) -> tuple[dict[str, Ev
             ev = load_evaluator(spec, path=_explicit(options, spec.kind), mean_path=options.weights.get("c3d_mean"),
                                 hooks=options.hooks, device=options.device)
         except WeightsUnavailable as e:
-            if not spec.optional:
-                raise
+            if not spec.optional and not options.allow_missing:
+                required_missing.append(f"metric {name!r}: {e}")
+                continue
             log.warning("metric %s unavailable: %s", name, e)
-            missing[name] = unavailable(f"evaluator weights unavailable: {e}")
+            why = "" if spec.optional else " (required by the protocol; run with allow_missing)"
+            missing[name] = unavailable(f"evaluator weights unavailable{why}: {e}")
             continue
         evaluators[name] = ev
         if spec.kind.startswith("shapes_"):
             shared[share_key] = ev
+    if required_missing:
+        raise WeightsUnavailable(
+            "\n".join(required_missing) + "\nNothing was generated. Place the files (or pass their paths), or run "
+            "with --allow-missing (allow_missing=True) to generate the samples now and report these metrics "
+            "unavailable; the samples are reused when the run is repeated with the files."
+        )
     return evaluators, missing
 
 
@@ -167,22 +184,27 @@ def _result_path(loaded: LoadedProtocol, options: RunOptions, run_name: str) -> 
     return default_result_path(loaded.protocol.full_name, run_name)
 
 
-def _why_not_comparable(loaded: LoadedProtocol, evaluators: dict[str, Evaluator]) -> str | None:
+def _why_not_comparable(loaded: LoadedProtocol, evaluators: dict[str, Evaluator],
+                        generator: NamedGenerator | None = None) -> str | None:
+    """Every reason the run's numbers are not comparable to the paper, joined with ``"; "`` (None: comparable)."""
     p = loaded.protocol
+    why: list[str] = []
     if not p.comparable_to_paper:
-        return f"protocol {p.full_name} is not the paper's protocol ({p.note.strip() or p.description.strip()})"
+        why.append(f"protocol {p.full_name} is not the paper's protocol ({p.note.strip() or p.description.strip()})")
     if not loaded.released:
-        return f"protocol {p.full_name} is not a released protocol file"
+        why.append(f"protocol {p.full_name} is not a released protocol file")
     if loaded.overrides:
-        return f"protocol {p.full_name} was run with overrides {loaded.overrides}"
+        why.append(f"protocol {p.full_name} was run with overrides {loaded.overrides}")
     for name, ev in evaluators.items():
         if ev.details.get("substituted"):
-            return f"{name} used {ev.evaluator} instead of the protocol's {p.metrics[name].evaluator}"
+            why.append(f"{name} used {ev.evaluator} instead of the protocol's {p.metrics[name].evaluator}")
         if "approximation" in str(ev.details.get("mean", "")):
-            return f"{name} used the per-channel C3D mean instead of TGANv2's mean clip"
+            why.append(f"{name} used the per-channel C3D mean instead of TGANv2's mean clip")
         if ev.changed:
-            return f"{name}'s evaluator file changed since its first use"
-    return None
+            why.append(f"{name}'s evaluator file changed since its first use")
+    if generator is not None and generator.identity.get("not_comparable"):
+        why.append(f"generator {generator.name}: {generator.identity['not_comparable']}")
+    return "; ".join(why) or None
 
 
 def run_benchmark(
@@ -249,7 +271,7 @@ def run_benchmark(
     eval_s = time.perf_counter() - t_eval
     metrics = {k: metrics[k] for k in p.metrics}  # protocol order
 
-    why = _why_not_comparable(loaded, evaluators)
+    why = _why_not_comparable(loaded, evaluators, generator)
     comparable = why is None
     notice = (f"Protocol {p.full_name}: the paper's protocol, unmodified; comparable to the paper's Table 1 within the "
               "stated intervals (note the generator: a test generator's numbers mean nothing)." if comparable
@@ -272,6 +294,7 @@ def run_benchmark(
         }
         | {k: {"available": False, "reason": m["reason"]} for k, m in metrics.items() if m.get("value") is None},
         "weights_changed": any(ev.changed for ev in evaluators.values()),
+        "allow_missing": options.allow_missing,
         "metrics": metrics,
         "per_sample": per_sample,
         "reference": {k: r.as_dict() for k, r in reference.items()},
@@ -291,13 +314,19 @@ def run_benchmark(
 
 
 def make_generator(loaded: LoadedProtocol, name: str | None = None, checkpoint: str | Path | None = None,
-                   ) -> NamedGenerator:
-    """The generator of a run: a registered ``name`` or a keyframe ``checkpoint`` (exactly one), built with the
-    protocol's generation hints."""
+                   options: RunOptions | None = None) -> NamedGenerator:
+    """The generator of a run: a registered ``name`` or a ``checkpoint`` (exactly one), built with the protocol's
+    generation hints; a checkpoint loader also gets ``options.device`` and ``options.generator_options``."""
     from ff_lightning.evaluation.generators import build_generator, from_checkpoint
 
     if (name is None) == (checkpoint is None):
         raise ValueError("give exactly one of a generator name or a keyframe checkpoint")
     g = loaded.protocol.generation
-    hints = {"num_frames": g.num_frames, "size": list(g.size), "fps": g.fps}
-    return from_checkpoint(checkpoint, **hints) if checkpoint is not None else build_generator(str(name), **hints)
+    hints: dict[str, Any] = {"num_frames": g.num_frames, "size": list(g.size), "fps": g.fps}
+    extra = dict(options.generator_options) if options is not None else {}
+    if checkpoint is not None:
+        device = options.device if options is not None else "cpu"
+        return from_checkpoint(checkpoint, **hints, device=device, **extra)
+    if extra:
+        raise ValueError(f"generator options {sorted(extra)} apply to checkpoints (--keyframes), not to {name!r}")
+    return build_generator(str(name), **hints)

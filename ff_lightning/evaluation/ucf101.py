@@ -84,5 +84,6 @@ def evaluate_ucf101(
     name, a :class:`NamedGenerator` or a keyframe ``checkpoint``; returns the written result."""
     opts = options or RunOptions()
     loaded = load_protocol(protocol, overrides or [], benchmark="ucf101")
-    gen = generator if isinstance(generator, NamedGenerator) else make_generator(loaded, generator, checkpoint)
-    return run_benchmark(loaded, gen, ucf101_prompts(loaded, opts.data_root), opts)
+    prompts = ucf101_prompts(loaded, opts.data_root)  # data problems show before a checkpoint is loaded
+    gen = generator if isinstance(generator, NamedGenerator) else make_generator(loaded, generator, checkpoint, opts)
+    return run_benchmark(loaded, gen, prompts, opts)

@@ -1,0 +1,209 @@
+"""Keyframe checkpoints as benchmark generators: ``ff eval ucf101|msrvtt|offline --keyframes CKPT``.
+
+:func:`load_keyframes_generator` is registered with
+:func:`~ff_lightning.evaluation.generators.register_checkpoint_loader`. It accepts a checkpoint of the ``keyframes``
+system (:class:`~ff_lightning.systems.keyframes.KeyframesModule`, any preset, variant, frame count or size):
+
+- the file is read with ``torch.load(weights_only=True)`` (arbitrary pickles are refused); its experiment config is
+  ``hyper_parameters.config``, else the ``config.yaml`` of its run folder (``<run>/version_N/config.yaml`` next to
+  ``checkpoints/``); a file that is not a keyframe checkpoint (another system, no config, no UNet weights, not a
+  weights-only torch file) raises :class:`~ff_lightning.evaluation.generators.GeneratorUnavailable` saying what it is;
+- the system is built from that config and the weights are loaded strictly with the same code as the sweep's
+  checkpoint rows (:func:`ff_lightning.ablate._load_checkpoint`: ``state_dict`` then ``on_load_checkpoint``, which
+  restores the EMA weights; generation uses them when present, as the sweep's evaluator does). Checkpoints hold every
+  UNet weight, so the text-to-image file the run started from (``module.t2i_ckpt``) is not read; the frozen MoVQ is
+  not in checkpoints and comes from ``module.movq_ckpt`` (``--movq PATH`` when the file moved);
+- one generator call = one :meth:`KeyframesModule.generate` call on the batch of prompts with the runner's seed for
+  that batch (so resumed runs produce the same videos), then the module's own MoVQ decode; videos ``(B, T, 3, H, W)``
+  in [-1, 1] at the module's resolution (``data.size``: the protocols' evaluators resize to their input size);
+- sampling: ``sample_steps``, ``guidance_weight`` and ``sampler`` default to the checkpoint's ``module`` settings;
+  the values used are recorded in the generator identity (and so in the sample folder and the result);
+- frames: a keyframe model makes ``data.num_frames`` frames. When the protocol asks for more (UCF-101: IS and FVD
+  read 16 frames), each generated frame is repeated in order (frame ``i`` of the stored video is keyframe
+  ``floor(i T / F)``, a ``T``-frame clip played at ``F / T`` times its length) and the result is marked not
+  comparable to the paper, with the reason. With at least as many frames as asked, the videos are stored whole.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import OmegaConf
+
+from ff_lightning.evaluation.generators import GeneratorUnavailable, NamedGenerator, register_checkpoint_loader
+
+__all__ = ["SAMPLING_OPTIONS", "adapt_frames", "keyframe_checkpoint_config", "load_keyframes_generator"]
+
+log = logging.getLogger(__name__)
+
+#: generator options a keyframe checkpoint takes (CLI: --sample-steps, --guidance-weight, --sampler, --movq)
+SAMPLING_OPTIONS: tuple[str, ...] = ("sample_steps", "guidance_weight", "sampler", "movq")
+
+
+def adapt_frames(videos: torch.Tensor, num_frames: int) -> torch.Tensor:
+    """Videos ``(B, T, C, H, W)`` with at least ``num_frames`` frames: unchanged when ``T >= num_frames``, else frame
+    ``i`` of the output is input frame ``floor(i T / num_frames)`` (each frame repeated in order)."""
+    t = videos.shape[1]
+    if t >= num_frames:
+        return videos
+    idx = torch.div(torch.arange(num_frames) * t, num_frames, rounding_mode="floor")
+    return videos[:, idx]
+
+
+def _read(path: Path) -> Any:
+    from ff_lightning.ablate import _read_checkpoint
+
+    try:
+        return _read_checkpoint(path)
+    except Exception as e:  # not a torch file, or a pickle that weights_only refuses
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise GeneratorUnavailable(
+            f"{path} is not a keyframe checkpoint: torch.load(weights_only=True) cannot read it ({first}). "
+            "Expected a Lightning .ckpt of the keyframes system (runs/<name>/version_N/checkpoints/last.ckpt)."
+        ) from None
+
+
+def keyframe_checkpoint_config(path: str | Path, obj: Any = None) -> dict[str, Any]:
+    """The experiment config of a keyframe checkpoint (see the module docstring); raises
+    :class:`GeneratorUnavailable` when the file is not one."""
+    p = Path(path)
+    obj = _read(p) if obj is None else obj
+    if not isinstance(obj, dict) or not isinstance(obj.get("state_dict"), dict):
+        raise GeneratorUnavailable(
+            f"{p} is not a keyframe checkpoint: no 'state_dict' (a bare state dict or another format; expected a "
+            "Lightning .ckpt of the keyframes system)"
+        )
+    hp = obj.get("hyper_parameters")
+    config = hp.get("config") if isinstance(hp, dict) else None
+    where = "hyper_parameters.config"
+    if not isinstance(config, dict):
+        run_yaml = p.resolve().parent.parent / "config.yaml"
+        if not run_yaml.is_file():
+            raise GeneratorUnavailable(
+                f"{p} has no experiment config: neither hyper_parameters.config in the checkpoint nor {run_yaml}"
+            )
+        config = OmegaConf.to_container(OmegaConf.load(run_yaml), resolve=True)
+        where = str(run_yaml)
+    if not isinstance(config, dict) or config.get("system") != "keyframes":
+        system = config.get("system") if isinstance(config, dict) else None
+        raise GeneratorUnavailable(
+            f"{p} is a checkpoint of the {system!r} system ({where}), not a keyframe checkpoint: --keyframes takes a "
+            "checkpoint of the keyframes system (ff train experiments/keyframes/<variant>.yaml ...)"
+        )
+    if not any(k.startswith("unet.") for k in obj["state_dict"]):
+        raise GeneratorUnavailable(f"{p}: the checkpoint's state_dict holds no UNet weights ('unet.*')")
+    return dict(config)
+
+
+def load_keyframes_generator(
+    path: str | Path,
+    *,
+    num_frames: int = 16,
+    size: Any = None,
+    fps: float | None = None,
+    device: str = "cpu",
+    sample_steps: int | None = None,
+    guidance_weight: float | None = None,
+    sampler: str | None = None,
+    movq: str | None = None,
+) -> NamedGenerator:
+    """A generator from a keyframe checkpoint (see the module docstring).
+
+    ``num_frames`` / ``size`` / ``fps`` are the protocol's generation hints: ``num_frames`` decides the frame
+    adaptation; the size is the module's own (``size`` is recorded, not used). Raises :class:`GeneratorUnavailable`
+    for a file that is not a keyframe checkpoint or whose MoVQ is missing.
+    """
+    from ff_lightning.ablate import _load_checkpoint
+    from ff_lightning.config import compose
+    from ff_lightning.metrics.weights import sha256_file
+
+    p = Path(path)
+    obj = _read(p)
+    raw = keyframe_checkpoint_config(p, obj)
+    step = obj.get("global_step")
+    del obj
+    m = raw.get("module") or {}
+    movq_path = movq or m.get("movq_ckpt")
+    if not movq_path or not Path(movq_path).expanduser().is_file():
+        raise GeneratorUnavailable(
+            f"{p}: the frozen MoVQ the keyframe model was trained with is missing (module.movq_ckpt={movq_path}); "
+            "checkpoints leave the MoVQ out. Pass its file with --movq PATH."
+        )
+    # every UNet weight is in the checkpoint (loaded strictly below): the t2i file it started from is not needed
+    items = ["module.t2i_ckpt=null", "module.allow_random_t2i=true", f"module.movq_ckpt={movq_path}",
+             "module.allow_random_movq=false"]  # fmt: skip
+    cfg = compose(raw, items, source=f"keyframe checkpoint {p}")
+    try:
+        module = _load_checkpoint(cfg, p)
+    except RuntimeError as e:  # strict load: missing / unexpected keys or shapes that do not fit the config
+        raise GeneratorUnavailable(f"{p}: its weights do not fit the model its config describes: {e}") from None
+    dev = torch.device(device)
+    module.to(dev).eval()
+    ema = getattr(module, "ema", None)
+    if ema is not None:
+        ema.swap_in(module.trainable_parameters())  # sample with the EMA weights; the module is never trained here
+
+    h, w = (int(s) for s in cfg.data.size)
+    with torch.no_grad():
+        latent = module.encode_frames(torch.zeros(1, 3, h, w, device=dev))
+    latent_hw = (int(latent.shape[-2]), int(latent.shape[-1]))
+    t = int(module.num_frames)
+    mc = cfg.module
+    steps = int(sample_steps) if sample_steps is not None else int(mc.sample_steps)
+    weight = float(guidance_weight) if guidance_weight is not None else float(mc.guidance_weight)
+    method = str(sampler) if sampler is not None else str(mc.sampler)
+    frame_step = float(mc.sample_frame_step or cfg.data.stride)
+    wanted = int(num_frames)
+    stored = max(t, wanted)
+    adaptation = None
+    if t < wanted:
+        adaptation = (f"the model makes {t} frames, the protocol reads {wanted}: each frame repeated in order "
+                      f"(stored frame i = generated frame floor(i * {t} / {wanted}))")  # fmt: skip
+
+    def fn(prompts: list[str], seed: int) -> torch.Tensor:
+        v = module.generate(list(prompts), latent_hw, steps=steps, sampler=method, guidance_weight=weight,
+                            seed=int(seed))  # (B, T, 3, H, W)
+        return adapt_frames(v.float().clamp(-1, 1).cpu(), wanted)
+
+    sha = sha256_file(p)
+    mv = Path(movq_path).expanduser().resolve()
+    defaults = (int(m.get("sample_steps") or 0), float(m.get("guidance_weight") or 0.0), str(m.get("sampler")))
+    suffix = "" if (steps, weight, method) == defaults else f"-{method}{steps}-w{_short(weight)}"
+    name = f"keyframes-{cfg.model.variant}-{cfg.model.preset}-{sha[:8]}{suffix}"
+    identity: dict[str, Any] = {
+        "name": name,
+        "kind": "keyframes_checkpoint",
+        "system": "keyframes",
+        "variant": str(cfg.model.variant),
+        "preset": str(cfg.model.preset),
+        "global_step": int(step) if step is not None else None,
+        "ema": ema is not None,
+        "text_encoder": str(mc.text_encoder),
+        "movq_ckpt": str(mv),
+        "movq_sha256": sha256_file(mv),
+        "sampling": {"sampler": method, "sample_steps": steps, "guidance_weight": weight,
+                     "sample_spacing": str(mc.sample_spacing), "ddim_eta": float(mc.ddim_eta),
+                     "dynamic_threshold": mc.dynamic_threshold, "frame_step": frame_step,
+                     "prediction": str(mc.prediction)},  # fmt: skip
+        "frames": {"generated": t, "stored": stored, "protocol": wanted, "adaptation": adaptation},
+        "size": [h, w],
+        "protocol_size_hint": list(size) if size is not None else None,
+        "fps_hint": fps,
+    }
+    if adaptation is not None:
+        identity["not_comparable"] = adaptation
+    log.info("keyframe generator %s: %s/%s, %d frames at %dx%d, %s %d steps, guidance %g%s", name,
+             cfg.model.variant, cfg.model.preset, t, h, w, method, steps, weight,
+             f"; {adaptation}" if adaptation else "")  # fmt: skip
+    return NamedGenerator(name, fn, identity)
+
+
+def _short(x: float) -> str:
+    return f"{x:g}" if math.isfinite(x) else str(x)
+
+
+register_checkpoint_loader(load_keyframes_generator)
