@@ -84,10 +84,14 @@ def test_ucf101_from_a_keyframe_checkpoint_is_resumable(keyframe_ckpt: dict[str,
     out = tmp_path / "run"
     base = ["eval", "ucf101", "--keyframes", str(ckpt), "--data-root", str(ucf), "--out", str(out), *QUICK]
 
-    # no evaluator files: stop before generating, naming both files; --allow-missing generates and reports why
-    assert main(base) == 2
+    # no evaluator files, no dataset: stop before generating, naming both files and the missing UCF-101 root;
+    # --allow-missing generates and reports why each metric is unavailable
+    assert main([a for a in base if a not in ("--data-root", str(ucf))]) == 2
     err = capsys.readouterr().err
     assert "conv3d_deepnetA_ucf.npz" in err and "i3d_torchscript.pt" in err and "--allow-missing" in err
+    assert "--data-root UCF101_ROOT" in err and "crcv.ucf.edu/data/UCF101.php" in err
+    assert main([*base[:-len(QUICK)], "--data-root", str(tmp_path), *QUICK]) == 2  # a root without the split lists
+    assert f"{tmp_path / 'ucfTrainTestlist' / 'classInd.txt'} not found" in capsys.readouterr().err
     assert not (out / "samples").exists() or not list((out / "samples").glob("*.npz"))
     assert main([*base, "--allow-missing", "--out", str(tmp_path / "partial")]) == 0
     _, partial = _result(tmp_path / "partial")

@@ -92,15 +92,37 @@ class RealClips:
         return len(self.order)
 
 
+UCF101_OBTAIN = (
+    "UCF101.rar (the 13,320 videos in 101 class folders) and UCF101TrainTestSplits-RecognitionTask.zip "
+    "(ucfTrainTestlist/) from https://www.crcv.ucf.edu/data/UCF101.php; never downloaded here"
+)
+
+
+def real_data_problem(spec: Any, root: str | Path | None) -> str | None:
+    """Why the real clips of a protocol's ``real`` section cannot be read from ``root`` (None: they can be tried).
+
+    UCF-101 needs a root holding ``ucfTrainTestlist/classInd.txt`` (the message names the missing path and where the
+    dataset comes from); the bundled datasets default to the cache and are built on first use.
+    """
+    if spec.dataset != "ucf101":
+        return None
+    if root is None:
+        return ("the UCF-101 root is required for FVD's real statistics: pass --data-root UCF101_ROOT (the folder "
+                f"holding ucfTrainTestlist/ and the class folders of UCF-101 videos: {UCF101_OBTAIN})")
+    index = Path(root).expanduser() / "ucfTrainTestlist" / "classInd.txt"
+    if not index.is_file():
+        return (f"the UCF-101 root {root} has no {index.relative_to(Path(root).expanduser())} ({index} not found): "
+                f"FVD's real statistics read the split lists and videos there ({UCF101_OBTAIN})")
+    return None
+
+
 def open_real_clips(spec: Any, root: str | Path | None) -> RealClips:
     """The real clips of a protocol's ``real`` section (``root`` None: the bundled cache for bundled datasets)."""
     from ff_lightning.data.registry import build_dataset
 
-    if spec.dataset == "ucf101" and root is None:
-        raise FileNotFoundError(
-            "the UCF-101 root is required for FVD's real statistics: pass --data-root UCF101_ROOT (the folder holding "
-            "ucfTrainTestlist/ and the class folders of UCF-101 videos, from https://www.crcv.ucf.edu/data/UCF101.php)"
-        )
+    problem = real_data_problem(spec, root)
+    if problem is not None:
+        raise FileNotFoundError(problem)
     cfg = DataConfig(
         source=spec.dataset,
         root=str(root) if root is not None else None,

@@ -5,7 +5,8 @@ Order of work (so that a missing file fails before hours of generation):
 1. every metric's evaluator is resolved and loaded (a missing required file raises
    :class:`~ff_lightning.metrics.weights.WeightsUnavailable` naming every missing file, its source and where to put
    it; an optional one becomes an unavailable metric with that message, and so does a required one when the run is
-   made with ``allow_missing``: the samples are generated anyway, reused later when the files are there);
+   made with ``allow_missing``: the samples are generated anyway, reused later when the files are there); the real
+   data the Fréchet metrics need is checked in the same step (a missing dataset is named with where it comes from);
 2. the real-clip statistics of the Fréchet metrics are computed or read from the cache (:mod:`.reference`);
 3. missing samples are generated into the sample folder (:mod:`.samples`, resumable);
 4. the stored samples are read back in batches and every evaluator runs on them;
@@ -28,7 +29,7 @@ from tqdm.auto import tqdm
 from ff_lightning.evaluation.evaluators import Evaluator, EvaluatorHooks, load_evaluator
 from ff_lightning.evaluation.generators import NamedGenerator
 from ff_lightning.evaluation.protocol import LoadedProtocol
-from ff_lightning.evaluation.reference import RealStats, real_statistics
+from ff_lightning.evaluation.reference import RealStats, real_data_problem, real_statistics
 from ff_lightning.evaluation.results import (
     RESULT_SCHEMA,
     default_result_path,
@@ -163,6 +164,19 @@ def _load_all(loaded: LoadedProtocol, options: RunOptions) -> tuple[dict[str, Ev
         evaluators[name] = ev
         if spec.kind.startswith("shapes_"):
             shared[share_key] = ev
+    p = loaded.protocol
+    if p.real is not None:  # Fréchet metrics that will run (or would, given their files) need the real clips
+        frechet = [n for n, spec in p.metrics.items() if spec.kind in ("fvd_i3d", "fid_inception") and n not in missing]
+        problem = real_data_problem(p.real, options.data_root) if frechet else None
+        if problem is not None and options.allow_missing:
+            for name in frechet:
+                log.warning("metric %s unavailable: %s", name, problem)
+                evaluators.pop(name, None)
+                missing[name] = unavailable(f"real data unavailable (run with allow_missing): {problem}")
+        elif problem is not None:
+            if not required_missing:
+                raise FileNotFoundError(problem)
+            required_missing.append(f"metric {frechet[0]!r} also needs data: {problem}")
     if required_missing:
         raise WeightsUnavailable(
             "\n".join(required_missing) + "\nNothing was generated. Place the files (or pass their paths), or run "
