@@ -158,6 +158,8 @@ def shared_image_unet(video_unet: nn.Module) -> KandinskyUNet:
     with torch.device("meta"):
         image = KandinskyUNet(**config)
     params = dict(video_unet.named_parameters())
+    for name, p in image.named_parameters():  # assign copies the target's requires_grad onto the given parameters
+        p.requires_grad_(params[name].requires_grad)
     image.load_state_dict({n: params[n] for n in names}, strict=True, assign=True)
     return image
 

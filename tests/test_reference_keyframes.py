@@ -1,0 +1,195 @@
+"""Reference-image keyframes (``keyframe_unet/ref_blocks_conv1d_attn1d``, system ``reference_keyframes``).
+
+Identity at conversion (any reference changes nothing), what trains and what stays bit-exact, the image stage sharing
+the frozen weights, two-weight guidance (``w_img = 0`` is text CFG; the three-branch formula), the training batch's
+reference (a real frame, noise-augmented, dropped), ``ff params``, and a short training of a small model after which
+the reference given as frame 0 is reproduced there far better than without it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from ff_lightning.diffusion import NoiseSchedule, SamplingSchedule, guided_denoiser, sample
+from ff_lightning.models.keyframes import keyframe_unet_from_t2i
+from ff_lightning.models.reference import ReferenceInputConv, reference_guided_denoiser
+from ff_lightning.models.unet import UNET_PRESETS, KandinskyUNet
+
+ROOT = Path(__file__).resolve().parents[1]
+REF = "ref_blocks_conv1d_attn1d"
+T, B, HW = 3, 2, 8
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread() -> Iterator[None]:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def image_unet() -> KandinskyUNet:
+    torch.manual_seed(0)
+    unet = KandinskyUNet(**UNET_PRESETS["tiny"])
+    with torch.no_grad():  # a "trained" image model: the norms' time conditioning non-zero too
+        for name, p in unet.named_parameters():
+            if "context_mlp" in name:
+                p.normal_(0.0, 0.05)
+    return unet
+
+
+def _inputs(seed: int = 1) -> tuple[torch.Tensor, ...]:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(B * T, 4, HW, HW, generator=g)
+    time = torch.tensor([100.0, 700.0])
+    context = torch.randn(B, 5, UNET_PRESETS["tiny"]["context_dim"], generator=g)
+    mask = torch.ones(B, 5, dtype=torch.bool)
+    mask[1, 3:] = False
+    return x, time, context, mask
+
+
+def _randomise(model: torch.nn.Module, names: set[str], seed: int = 3) -> None:
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name in names:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.1)
+
+
+def test_zero_initialised_reference_leaves_the_output_unchanged(image_unet: KandinskyUNet) -> None:
+    x, time, context, mask = _inputs()
+    rep = {"repeats": T, "dim": 0}
+    framewise = image_unet(x, time.repeat_interleave(**rep), context.repeat_interleave(**rep),
+                           mask.repeat_interleave(**rep))  # fmt: skip
+    plain = keyframe_unet_from_t2i(image_unet, "blocks_conv1d_attn1d", T)
+    ref = keyframe_unet_from_t2i(image_unet, REF, T)
+    g = torch.Generator().manual_seed(7)
+    with torch.no_grad():
+        expected = plain(x, time, context, mask)
+        torch.testing.assert_close(expected, framewise, rtol=0, atol=1e-6)
+        outs = [ref(x, time, context, mask)]  # no reference at all
+        for frames in (None, 2, torch.tensor([[1, 1, 0], [0, 0, 0]])):  # frame 0, frame 2, some frames / none
+            reference = torch.randn(B, 4, HW, HW, generator=g) * 3
+            level = torch.tensor([0.0, 250.0])
+            outs.append(ref(x, time, context, mask, reference=reference, reference_frames=frames, reference_level=level))
+    for out in outs:
+        torch.testing.assert_close(out, expected, rtol=0, atol=1e-6)
+    with pytest.raises(ValueError, match="takes no reference"):
+        plain(x, time, context, mask, reference=torch.zeros(B, 4, HW, HW))
+
+
+def test_only_new_parts_train_and_spatial_weights_are_bit_exact(image_unet: KandinskyUNet) -> None:
+    model = keyframe_unet_from_t2i(image_unet, REF, T)
+    plain = keyframe_unet_from_t2i(image_unet, "blocks_conv1d_attn1d", T)
+    image_names = {n for n, _ in image_unet.named_parameters()}
+    assert model.inherited_parameter_names == image_names  # in_layer.weight / bias keep the image model's keys
+    state = model.state_dict()
+    for name, tensor in image_unet.state_dict().items():
+        assert torch.equal(state[name], tensor), name
+        assert state[name].data_ptr() != tensor.data_ptr(), f"{name}: copy=True must not share storage"
+    reference_parts = {"in_layer.reference_weight", *(f"reference_level_embed.{i}.{k}" for i in (1, 3)
+                                                      for k in ("weight", "bias"))}  # fmt: skip
+    plain_added = {n for n, _ in plain.added_parameters()}
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable == plain_added | reference_parts  # temporal blocks, frame-position MLP, reference parts
+    assert not trainable & image_names
+    assert isinstance(model.in_layer, ReferenceInputConv) and model.in_layer.reference_weight.shape == (16, 5, 3, 3)
+    assert not model.in_layer.reference_weight.any() and not model.reference_level_embed[3].weight.any()
+
+
+def test_fused_input_conv_and_image_stage_share_the_frozen_weights(image_unet: KandinskyUNet) -> None:
+    model = keyframe_unet_from_t2i(image_unet, REF, T)
+    _randomise(model, {n for n, _ in model.added_parameters()})  # as if trained: temporal + reference parts non-zero
+    x, time, context, mask = _inputs(2)
+    packed = torch.randn(B * T, 9, HW, HW)
+    with torch.no_grad():
+        torch.testing.assert_close(model.in_layer.fused()(packed), model.in_layer(packed), rtol=1e-5, atol=1e-5)
+        image = model.image_unet()  # the image stage: the T2I base, whatever the trained temporal parts are
+        assert image.in_layer.weight is model.in_layer.weight and not any(p.requires_grad for p in image.parameters())
+        assert {n for n, p in model.named_parameters() if p.requires_grad} == {n for n, _ in model.added_parameters()}
+        assert set(image.state_dict()) == {n for n, _ in image_unet.named_parameters()}
+        torch.testing.assert_close(image(x, time.repeat_interleave(T), context.repeat_interleave(T, 0),
+                                         mask.repeat_interleave(T, 0)),
+                                   image_unet(x, time.repeat_interleave(T), context.repeat_interleave(T, 0),
+                                              mask.repeat_interleave(T, 0)), rtol=0, atol=0)  # fmt: skip
+        # trained reference parts: the reference now changes the output, and only within its own video
+        ref = torch.randn(B, 4, HW, HW)
+        base = model(x, time, context, mask, reference=ref)
+        ref2 = ref.clone()
+        ref2[1] += 1.0
+        moved = (model(x, time, context, mask, reference=ref2) - base).flatten(1).abs().amax(1) > 1e-6
+    assert not moved[:T].any() and moved[T:].all()
+
+
+def _toy_model_fn(calls: list[int]) -> Any:
+    """A deterministic stand-in for the keyframe UNet: depends on x, t, the text context and the reference flag."""
+    weight = torch.linspace(-1, 1, 6)
+
+    def model_fn(x: torch.Tensor, t: torch.Tensor, ctx: torch.Tensor, mask: Any, use: torch.Tensor) -> torch.Tensor:
+        calls.append(x.shape[0])
+        videos = ctx.shape[0]
+        per_row = x.shape[0] // videos
+        text = (ctx.mean(dim=(1, 2)) * 3).repeat_interleave(per_row)
+        image = use.float().repeat_interleave(per_row) * 0.7
+        scale = (1 + t / 1000)[:, None, None, None]
+        return torch.tanh(x * scale + text[:, None, None, None] + image[:, None, None, None] * weight[:, None, None])
+
+    return model_fn
+
+
+def test_two_weight_guidance() -> None:
+    g = torch.Generator().manual_seed(0)
+    videos, frames = 2, 3
+    x, t = torch.randn(videos * frames, 6, 2, 2, generator=g), torch.full((videos * frames,), 300.0)
+    cond = (torch.randn(videos, 4, 5, generator=g), torch.ones(videos, 4, dtype=torch.bool))
+    uncond = (torch.randn(1, 2, 5, generator=g), None)  # another length and batch 1: padded and broadcast
+    calls: list[int] = []
+    fn = _toy_model_fn(calls)
+    w_text = 2.5
+
+    def with_reference(x: torch.Tensor, t: torch.Tensor, ctx: torch.Tensor, mask: Any) -> torch.Tensor:
+        return fn(x, t, ctx, mask, torch.ones(ctx.shape[0], dtype=torch.bool))
+
+    text_cfg = guided_denoiser(with_reference, cond, uncond, w_text)(x, t)
+    two = reference_guided_denoiser(fn, cond, uncond, w_text, 0.0)
+    calls.clear()
+    torch.testing.assert_close(two(x, t), text_cfg, rtol=0, atol=1e-6)  # w_img = 0: text CFG, reference in both
+    assert calls == [2 * videos * frames]  # two branches in one batched forward
+    # three branches: e(I,T) + w_t (e(I,T) - e(I,0)) + w_i (e(I,0) - e(0,0)), computed branch by branch
+    from ff_lightning.diffusion.guidance import expand_condition, pad_condition
+
+    u_ctx, u_mask = pad_condition(expand_condition(uncond, videos), 4)
+    yes, no = torch.ones(videos, dtype=torch.bool), torch.zeros(videos, dtype=torch.bool)
+    e_it = fn(x, t, cond[0], cond[1], yes)
+    e_i0 = fn(x, t, u_ctx, u_mask, yes)
+    e_00 = fn(x, t, u_ctx, u_mask, no)
+    calls.clear()
+    out = reference_guided_denoiser(fn, cond, uncond, w_text, 1.5)(x, t)
+    assert calls == [3 * videos * frames]
+    torch.testing.assert_close(out, e_it + w_text * (e_it - e_i0) + 1.5 * (e_i0 - e_00), rtol=0, atol=1e-6)
+    torch.testing.assert_close(reference_guided_denoiser(fn, cond, None, 0.0, 0.0)(x, t), e_it, rtol=0, atol=0)
+
+
+def test_ff_params_counts_the_reference_parts(capsys: pytest.CaptureFixture[str]) -> None:
+    from ff_lightning.cli import main
+
+    counts = {}
+    for variant in (REF, "blocks_conv1d_attn1d"):
+        for preset in ("tiny", "paper"):
+            assert main(["params", "keyframe_unet", variant, "--preset", preset, "--json"]) in (0, None)
+            counts[variant, preset] = json.loads(capsys.readouterr().out)
+    for preset in ("tiny", "paper"):
+        cfg = UNET_PRESETS[preset]
+        init, ted, c = cfg["init_channels"], cfg["time_embed_dim"], cfg["num_channels"]
+        extra = init * (c + 1) * 9 + (init * ted + ted) + (ted * ted + ted)  # reference conv + level MLP
+        ref, plain = counts[REF, preset], counts["blocks_conv1d_attn1d", preset]
+        assert ref["total"] - plain["total"] == extra and ref["trainable"] - plain["trainable"] == extra
+        assert ref["frozen"] == plain["frozen"]
+    assert counts[REF, "paper"]["total"] == 4_146_404_932
