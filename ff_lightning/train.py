@@ -77,14 +77,14 @@ def _trainer_kwargs(cfg: DictConfig) -> dict[str, Any]:
 
 
 def find_last_checkpoint(output_dir: str | Path, name: str) -> Path | None:
-    """The newest checkpoint (by modification time) among ``output_dir/name/version_*/checkpoints/*.ckpt``, leaving
-    out the checkpoints written on a non-finite loss (resuming from them would meet the same loss). For
-    ``run.resume=auto``."""
+    """The newest checkpoint (by modification time) among ``output_dir/name/version_*/checkpoints/*.ckpt`` (and the
+    ``hpc_ckpt_*.ckpt`` Lightning saves before a SLURM requeue), leaving out the checkpoints written on a non-finite
+    loss (resuming from them would meet the same loss). For ``run.resume=auto``."""
     from ff_lightning.callbacks import NONFINITE_PREFIX
 
-    cands = [
-        p for p in Path(output_dir, name).glob("version_*/checkpoints/*.ckpt") if not p.name.startswith(NONFINITE_PREFIX)
-    ]
+    root = Path(output_dir, name)
+    found = [*root.glob("version_*/checkpoints/*.ckpt"), *root.glob("version_*/hpc_ckpt_*.ckpt")]  # + SLURM requeue
+    cands = [p for p in found if not p.name.startswith(NONFINITE_PREFIX)]
     if not cands:
         return None
     # newest first; on equal times prefer last.ckpt (written right after the periodic file of the same step)
