@@ -45,7 +45,9 @@ def add_generate_parser(sub: argparse._SubParsersAction) -> None:  # type: ignor
     g.add_argument("prompt", help="the text prompt")
     g.add_argument("--keyframes", metavar="CKPT", help="keyframes-system checkpoint (default: tiny cached)")
     g.add_argument("--interpolation", metavar="CKPT", help="interpolation-system checkpoint (default: tiny cached)")
-    g.add_argument("--decoder", metavar="CKPT", help="decoder-system checkpoint: the video MoVQ decoder")
+    g.add_argument(
+        "--decoder", metavar="CKPT", help="decoder-system checkpoint: the video MoVQ decoder (default: tiny cached)"
+    )
     g.add_argument("--no-interpolation", action="store_true", help="keyframes only")
     g.add_argument("--no-decoder", action="store_true", help="decode with the image MoVQ, frame by frame")
     g.add_argument("--out", default="video.mp4", help="mp4 to write (default video.mp4)")
@@ -82,7 +84,8 @@ def _resolve(args: argparse.Namespace) -> dict[str, str | None]:
             if tiny[stage] is None:
                 raise ConfigError(
                     f"no {stage} checkpoint: pass --{stage} CKPT, or run `{TARGETS[stage]}` first (it trains the tiny "
-                    f"{stage} model ff generate uses by default into $FF_CACHE_DIR/models/tiny_pipeline/)"
+                    f"{stage} model ff generate uses by default into $FF_CACHE_DIR/models/tiny_pipeline/; make sets "
+                    "FF_CACHE_DIR=.cache, which is also looked at when FF_CACHE_DIR is unset)"
                 )
             wanted[stage] = str(tiny[stage])
             print(f"{stage}: tiny cached model {tiny[stage]}", file=sys.stderr)

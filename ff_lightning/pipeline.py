@@ -215,7 +215,8 @@ def check_latent_spaces(stages: Stages) -> None:
     raise ConfigError(
         "the stages were trained in different MoVQ latent spaces (different image-MoVQ encoders), so latents of one "
         "mean nothing to the next:\n" + "\n".join(lines) + "\nUse stages trained on the same image MoVQ (e.g. all "
-        "three from `make tiny-models`), or leave out --decoder to decode with the keyframe model's own MoVQ."
+        "three from `make tiny-models`), or go without the video decoder (`ff generate --no-decoder`: the keyframe "
+        "model's own image MoVQ decodes frame by frame)."
     )
 
 

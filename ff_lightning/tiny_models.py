@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 import time
 from pathlib import Path
@@ -54,21 +55,29 @@ DECODER_RECIPE = [
 ]  # fmt: skip
 
 
-def tiny_dir() -> Path:
-    return cache_dir() / "models" / "tiny_pipeline"
+def tiny_dir(cache: Path | None = None) -> Path:
+    return (cache or cache_dir()) / "models" / "tiny_pipeline"
 
 
-def _manifest() -> dict[str, Any]:
-    p = tiny_dir() / "manifest.json"
+def _caches() -> list[Path]:
+    """Where to look: ``$FF_CACHE_DIR``; when it is unset, also the checkout's ``.cache/`` (where ``make`` puts it)."""
+    found = [cache_dir()]
+    if not os.environ.get("FF_CACHE_DIR") and (ROOT / ".cache").resolve() != found[0].resolve():
+        found.append(ROOT / ".cache")
+    return found
+
+
+def _manifest(cache: Path | None = None) -> dict[str, Any]:
+    p = tiny_dir(cache) / "manifest.json"
     try:
         return json.loads(p.read_text())
     except (OSError, ValueError):
         return {}
 
 
-def _compare_temporal_blocks() -> Path | None:
+def _compare_temporal_blocks(cache: Path) -> Path | None:
     """The ``blocks`` row checkpoint of the newest cached ``make compare-temporal`` run, if its files still exist."""
-    records = sorted((cache_dir() / "ablations" / "temporal").glob("blocks-*.json"), key=lambda p: p.stat().st_mtime)
+    records = sorted((cache / "ablations" / "temporal").glob("blocks-*.json"), key=lambda p: p.stat().st_mtime)
     for rec in reversed(records):
         try:
             run_dir = json.loads(rec.read_text()).get("run_dir")
@@ -84,15 +93,21 @@ def _compare_temporal_blocks() -> Path | None:
 
 
 def find_tiny_checkpoints() -> dict[str, Path | None]:
-    """Stage -> the tiny cached checkpoint, or None when that stage has none yet."""
-    manifest = _manifest()
-    found: dict[str, Path | None] = {}
-    for stage in STAGES:
-        p = manifest.get(stage)
-        found[stage] = Path(p) if p and Path(p).is_file() else None
-    if found["keyframes"] is None:
-        found["keyframes"] = _compare_temporal_blocks()
-    return found
+    """Stage -> the tiny cached checkpoint, or None when that stage has none yet (first cache of :func:`_caches`
+    with a complete manifest, else the first one's partial findings)."""
+    results = []
+    for cache in _caches():
+        manifest = _manifest(cache)
+        found: dict[str, Path | None] = {}
+        for stage in STAGES:
+            p = manifest.get(stage)
+            found[stage] = Path(p) if p and Path(p).is_file() else None
+        if found["keyframes"] is None:
+            found["keyframes"] = _compare_temporal_blocks(cache)
+        if all(found.values()):
+            return found
+        results.append(found)
+    return results[0]
 
 
 # --------------------------------------------------------------------------------------------------------- build
