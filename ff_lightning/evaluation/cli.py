@@ -195,8 +195,8 @@ def _common(p: argparse.ArgumentParser, benchmark: str) -> None:
     p.add_argument("--device", default="cpu", help="torch device for generators and evaluators (default cpu)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--allow-missing", action="store_true",
-                   help="generate even when required evaluator files are missing; those metrics are reported "
-                   "unavailable with the reason (default: stop before generating)")
+                   help="generate even when required evaluator files or real data are missing; those metrics are "
+                   "reported unavailable with the reason (default: stop before generating)")
     k = p.add_argument_group("keyframe checkpoints (--keyframes)")
     k.add_argument("--sample-steps", type=int, help="sampler steps (default: the checkpoint's module.sample_steps)")
     k.add_argument("--guidance-weight", type=float,
