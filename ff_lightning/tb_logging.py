@@ -1,13 +1,15 @@
-"""The TensorBoard logger of ``ff train``: Lightning's, with videos that work without moviepy.
+"""The TensorBoard logger of ``ff train``: Lightning's, with sample videos that survive a missing or broken moviepy.
 
-``torch.utils.tensorboard.SummaryWriter.add_video`` needs moviepy (< 2.0, ``moviepy.editor``) to encode its GIF; without
-it, it prints a line and writes nothing, so the systems' sample videos silently went missing. :class:`VideoSummaryWriter`
-encodes the animated GIF with Pillow instead (what TensorBoard's image plugin shows as a moving image), and
-:class:`TensorBoardLogger` hands it to the systems as ``logger.experiment``.
+``torch.utils.tensorboard.SummaryWriter.add_video`` encodes its GIF with moviepy (< 2.0, ``moviepy.editor``; pinned
+in ``constraints.txt``). Where moviepy cannot be imported it prints one line and writes nothing, so sample videos
+would silently go missing. :class:`VideoSummaryWriter` then encodes the animated GIF with Pillow instead (what
+TensorBoard's image plugin shows as a moving image); :class:`TensorBoardLogger` hands it to the systems as
+``logger.experiment``.
 """
 
 from __future__ import annotations
 
+import functools
 import io
 from typing import Any
 
@@ -18,7 +20,7 @@ from lightning.pytorch.loggers import TensorBoardLogger as _LightningTensorBoard
 from lightning.pytorch.utilities import rank_zero_only
 from torch.utils.tensorboard import SummaryWriter
 
-__all__ = ["VideoSummaryWriter", "TensorBoardLogger", "video_gif"]
+__all__ = ["VideoSummaryWriter", "TensorBoardLogger", "video_gif", "moviepy_works"]
 
 
 def video_gif(video: torch.Tensor | np.ndarray, fps: float = 4) -> tuple[bytes, int, int]:
@@ -41,12 +43,24 @@ def video_gif(video: torch.Tensor | np.ndarray, fps: float = 4) -> tuple[bytes, 
     return buf.getvalue(), frames.shape[1], frames.shape[2]
 
 
+@functools.cache
+def moviepy_works() -> bool:
+    """Whether torch's ``add_video`` can encode (``moviepy.editor`` imports)."""
+    try:
+        from moviepy import editor  # noqa: F401
+    except Exception:
+        return False
+    return True
+
+
 class VideoSummaryWriter(SummaryWriter):
-    """A SummaryWriter whose ``add_video`` writes a Pillow-encoded GIF (no moviepy needed)."""
+    """A SummaryWriter whose ``add_video`` falls back to a Pillow-encoded GIF where moviepy cannot encode."""
 
     def add_video(
         self, tag: str, vid_tensor: Any, global_step: int | None = None, fps: float = 4, walltime: float | None = None
     ) -> None:
+        if moviepy_works():
+            return super().add_video(tag, vid_tensor, global_step=global_step, fps=fps, walltime=walltime)
         from tensorboard.compat.proto.summary_pb2 import Summary
 
         gif, height, width = video_gif(vid_tensor, fps)

@@ -117,9 +117,15 @@ def fit(cfg: DictConfig, *, extra_callbacks: list[Any] | None = None) -> RunResu
     datamodule = build_datamodule(cfg.data)
     ckpt_dir = run_dir / "checkpoints"
     every = cfg.run.checkpoint_every_n_steps
-    ckpt_cb = ModelCheckpoint(dirpath=ckpt_dir, save_last=True, every_n_train_steps=every)
+    # both write (and overwrite) the one last.ckpt: no "-v1" copies
+    ckpt_cb = ModelCheckpoint(dirpath=ckpt_dir, save_last=True, every_n_train_steps=every, enable_version_counter=False)
     # periodic checkpoints replace the end-of-epoch ones in ModelCheckpoint: keep both
-    epoch_cbs = [ModelCheckpoint(dirpath=ckpt_dir, save_last=True, every_n_epochs=1)] if every else []
+    epoch_cbs = [
+        ModelCheckpoint(
+            dirpath=ckpt_dir, filename="{epoch}-{step}-end", save_last=True, every_n_epochs=1,
+            enable_version_counter=False,
+        )  # fmt: skip
+    ] if every else []
     callbacks = [
         ckpt_cb,
         *epoch_cbs,

@@ -1,5 +1,5 @@
-"""TensorBoard: an ``ff train`` run's event file holds the losses, the learning rate, sample videos (animated GIFs,
-without moviepy) and the hyperparameters (the flattened config) with the final metrics."""
+"""TensorBoard: an ``ff train`` run's event file holds the losses, the learning rate, sample videos (animated GIFs;
+Pillow encodes them where moviepy cannot) and the hyperparameters (the flattened config) with the final metrics."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import plugin_data_pb2
 
+from ff_lightning import tb_logging
 from ff_lightning.config import load_config
 from ff_lightning.tb_logging import VideoSummaryWriter
 from ff_lightning.train import fit
@@ -76,7 +77,8 @@ def test_run_logs_losses_lr_videos_and_hparams_with_final_metrics(data_cache: Pa
     assert final[0].value == pytest.approx(ea.Scalars("train/loss")[-1].value)
 
 
-def test_video_summary_writer_encodes_gif_without_moviepy(tmp_path: Path) -> None:
+def test_video_summary_writer_encodes_gif_without_moviepy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(tb_logging, "moviepy_works", lambda: False)
     writer = VideoSummaryWriter(str(tmp_path))
     video = torch.zeros(2, 4, 3, 8, 6)  # N T C H W
     for t in range(4):
