@@ -275,3 +275,23 @@ def test_reference_frame_is_reproduced_after_a_short_training(tmp_path: Path) ->
     err_none = float((without[:, 0] - reference).square().mean())
     print(f"frame-0 MSE to the reference: {err_ref:.4f} with it, {err_none:.4f} without")
     assert err_ref < 0.35 * err_none, (err_ref, err_none)
+
+
+def test_tensorboard_samples_show_reference_keyframes_and_truth(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from types import SimpleNamespace
+
+    from ff_lightning.systems.reference_keyframes import ReferenceKeyframesModule
+
+    module = _module(tmp_path, "module.sample_steps=2", "module.num_log_samples=2")
+    logged: dict[str, Any] = {}
+    exp = SimpleNamespace(add_images=lambda tag, x, global_step: logged.setdefault(tag, x),
+                          add_video=lambda tag, x, global_step, fps: logged.setdefault(tag, x))  # fmt: skip
+    monkeypatch.setattr(ReferenceKeyframesModule, "trainer", property(lambda self: SimpleNamespace(is_global_zero=True)))
+    monkeypatch.setattr(module, "_tensorboard", lambda: exp)
+    video = torch.rand(3, 2, 3, 8, 8) * 2 - 1
+    module.log_samples("val/samples", {"video": video, "caption": ["a", "b", "c"]})
+    strip, clip = logged["val/samples/strip"], logged["val/samples"]
+    assert clip.shape == (2, 2, 3, 8, 8) and strip.shape == (2, 3, 8, 8 * (1 + 2 + 2))  # reference | keyframes | truth
+    torch.testing.assert_close(strip[..., 8 * 3 :], ((video[:2].clamp(-1, 1) + 1) / 2).permute(0, 2, 3, 1, 4)
+                               .reshape(2, 3, 8, 16))  # fmt: skip
+    torch.testing.assert_close(strip[..., 8:24], clip.permute(0, 2, 3, 1, 4).reshape(2, 3, 8, 16))
