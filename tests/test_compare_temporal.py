@@ -164,7 +164,9 @@ def test_shipped_sweep_composes() -> None:
     assert [s.name for s in ablate._prepare_steps(sw, path)] == ["movq_image", "t2i_base"]
     for row in sw.rows:
         ablate._check_row(ablate._row_config(sw, path, row, {}), row.name)
-    assert [r.name for r in sw.rows if not r.on_demand] == ["t2i_framewise", "layers", "blocks"]
+    assert [r.name for r in sw.rows if not r.on_demand] == ["t2i_framewise", "layers", "blocks", "ref_blocks"]
+    ref = ablate._row_config(sw, path, next(r for r in sw.rows if r.name == "ref_blocks"), {})
+    assert ref.system == "reference_keyframes" and ref.model.variant == "ref_blocks_conv1d_attn1d"
     sw2, _ = ablate.load_sweep(SHIPPED, ["a_ckpt=/x/a.ckpt", "b_ckpt=/x/b.ckpt", "evaluate.num_samples=4"])
     assert {r.name: r.checkpoint for r in sw2.rows if r.checkpoint} == {"a": "/x/a.ckpt", "b": "/x/b.ckpt"}
     assert sw2.evaluate["num_samples"] == 4
