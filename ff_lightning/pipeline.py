@@ -89,6 +89,7 @@ class GenerateOptions:
     size: tuple[int, int] | None = None  # frame height, width (default: the keyframe model's data.size)
     fps: float | None = None  # of the written video (default: keyframe rate x 4^passes / frame step)
     progress: bool = True
+    image: torch.Tensor | None = None  # reference image (3, H, W) in [-1, 1] for reference-image keyframe models
 
 
 @dataclass
@@ -262,14 +263,17 @@ def keyframe_latents(
 ) -> torch.Tensor:
     """Stage 1: keyframe latents ``(1, K, c, h, w)`` (unscaled MoVQ latents) for ``prompt``.
 
-    ``image``: a reference image ``(3, H, W)`` in [-1, 1] for keyframe models that take one (not wired yet: the
-    keyframe system has no image conditioning today).
+    ``image``: a reference image ``(3, H, W)`` in [-1, 1] (or its latents) for keyframe models that take one (the
+    ``reference_keyframes`` system's ``generate(reference=...)``; ``ff generate --image`` is not wired yet).
     """
     kwargs: dict[str, Any] = {"steps": steps, "guidance_weight": guidance_weight, "seed": seed}
     if image is not None:
-        if "image" not in inspect.signature(keyframes.generate).parameters:
-            raise ConfigError("this keyframe model takes no reference image")
-        kwargs["image"] = image
+        if "reference" not in inspect.signature(keyframes.generate).parameters:
+            raise ConfigError(
+                f"this keyframe model ({keyframes.cfg.system} system) takes no reference image; a "
+                "reference_keyframes checkpoint does"
+            )
+        kwargs["reference"] = image
     out = keyframes.generate([prompt], latent_hw, decode=False, frame_step=frame_step, **kwargs)  # 1 K c h w
     return out / keyframes.m.latent_scale
 
@@ -285,7 +289,7 @@ def generate_video(stages: Stages, prompt: str, options: GenerateOptions | None 
     with _stage_bar("keyframes", kf_steps, kf.unet, o.progress):
         lat = keyframe_latents(
             kf, prompt, latent_hw=latent_size(kf, o.size), steps=kf_steps, guidance_weight=o.guidance_weight,
-            seed=o.seed, frame_step=o.frame_step,
+            seed=o.seed, frame_step=o.frame_step, image=o.image,
         )  # fmt: skip
     seconds["keyframes"] = time.perf_counter() - t0
     num_keyframes = lat.shape[1]

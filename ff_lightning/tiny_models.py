@@ -31,7 +31,7 @@ from typing import Any
 from ff_lightning.paths import cache_dir
 
 __all__ = ["TARGETS", "tiny_dir", "find_tiny_checkpoints", "build_tiny_models", "write_untrained_stages",
-           "INTERPOLATION_RECIPE", "DECODER_RECIPE"]  # fmt: skip
+           "latent_scale_of", "INTERPOLATION_RECIPE", "DECODER_RECIPE"]  # fmt: skip
 
 log = logging.getLogger(__name__)
 
@@ -41,10 +41,12 @@ STAGES = ("keyframes", "interpolation", "decoder")
 #: the make target that produces each stage's tiny checkpoint
 TARGETS = {"keyframes": "make tiny-models", "interpolation": "make tiny-models", "decoder": "make tiny-models"}
 
-#: interpolation on 9-frame shape clips (K = 3), s = 1 (the 16-frame clips fit no larger s), ~4 min on 2 CPUs
+#: interpolation on 9-frame shape clips (K = 3), s = 1 (the 16-frame clips fit no larger s), ~3 min on 2 CPUs;
+#: plus module.latent_scale = 1 / std of the MoVQ latents (:func:`latent_scale_of`): at 200 steps the unscaled
+#: latents (std ~0.2 against unit noise) gave samples with 14x the latents' variance as error, scaled ones 0.9x
 INTERPOLATION_RECIPE = [
     "data.source=bundled_shapes", "data.size=[32,32]", "data.num_frames=9", "data.stride=1", "data.batch_size=4",
-    "trainer.max_steps=200", "optim.lr=5.0e-4", "optim.warmup_steps=25", "trainer.limit_val_batches=0",
+    "trainer.max_steps=300", "optim.lr=5.0e-4", "optim.warmup_steps=25", "trainer.limit_val_batches=0",
     "module.log_samples_every_n_steps=0", "module.min_skip=1", "module.max_skip=1", "module.eval_skip=1",
     "module.sample_skip=1",
 ]  # fmt: skip
@@ -128,6 +130,36 @@ def _fit_last(cfg: Any) -> Path:
     return result.checkpoint
 
 
+def _recipe_key(experiment: Path, items: list[str]) -> str:
+    """A stage's cache key: its experiment file and overrides (not the resolved config, which changes whenever the
+    schema gains a field; ``make tiny-models REDO=1`` retrains after an experiment yaml changed)."""
+    import hashlib
+
+    text = json.dumps([experiment.relative_to(ROOT).as_posix(), sorted(items)])
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def latent_scale_of(movq_ckpt: str | Path, clips: int = 16, size: int = 32) -> float:
+    """``1 / std`` of the tiny MoVQ's latents of the first bundled shape clips (8 frames each, ``size`` px), to 3
+    significant digits: the ``latent_scale`` that gives the diffusion unit-variance latents."""
+    import torch
+
+    from ff_lightning import registry
+    from ff_lightning.data.video_io import read_video_frames
+    from ff_lightning.interop.movq import load_weights
+
+    movq = registry.build("movq", "movqgan", "tiny")
+    load_weights(movq, str(movq_ckpt))
+    files = sorted((cache_dir() / "data" / "shapes").glob("train_*/*.mp4"))[:clips]
+    if not files:
+        raise FileNotFoundError(f"no bundled shape clips under {cache_dir() / 'data' / 'shapes'}: run `make data`")
+    frames = torch.cat([torch.from_numpy(read_video_frames(f, list(range(8)))) for f in files])  # (n t) H W 3
+    x = torch.nn.functional.interpolate(frames.permute(0, 3, 1, 2).float() / 127.5 - 1, size=(size, size), mode="area")
+    with torch.no_grad():
+        std = float(movq.eval().encode(x).std())
+    return float(f"{1.0 / std:.3g}")
+
+
 def build_tiny_models(redo: bool = False) -> dict[str, Any]:
     """Provide the three tiny stages (see the module docstring); returns the manifest. Stages already built are
     reused unless ``redo``."""
@@ -144,19 +176,26 @@ def build_tiny_models(redo: bool = False) -> dict[str, Any]:
     row = next(r for r in sw.rows if r.name == "blocks")
     injected: dict[str, Any] = {}
     t0 = time.time()
-    for step in _prepare_steps(sw, sweep_path):  # the compare-temporal chain: image MoVQ, then t2i base (cached)
-        probe = _row_config(sw, sweep_path, row, injected)
-        kwargs = {"overrides": step.overrides} if step.overrides else {}
-        injected.update(_lookup(_PREPARES, "prepare step", step.name)(probe, step.experiment, False, **kwargs))
-    seconds["prepare"] = round(time.time() - t0, 1)
+    if all(manifest.get(k) and Path(manifest[k]).is_file() for k in ("movq_ckpt", "t2i_ckpt")):
+        # the base this manifest was built on still exists: keep it (the prepare chain's cache keys hash the whole
+        # resolved config, so a new schema field elsewhere would otherwise retrain MoVQ and t2i from scratch)
+        injected = {"module.movq_ckpt": manifest["movq_ckpt"], "module.t2i_ckpt": manifest["t2i_ckpt"]}
+    else:
+        for step in _prepare_steps(sw, sweep_path):  # compare-temporal's chain: image MoVQ, then t2i base (cached)
+            probe = _row_config(sw, sweep_path, row, injected)
+            kwargs = {"overrides": step.overrides} if step.overrides else {}
+            injected.update(_lookup(_PREPARES, "prepare step", step.name)(probe, step.experiment, False, **kwargs))
+        seconds["prepare"] = round(time.time() - t0, 1)
     movq, t2i = injected["module.movq_ckpt"], injected["module.t2i_ckpt"]
     if manifest.get("movq_ckpt") not in (None, movq):
         manifest = {}  # built over another MoVQ: rebuild every stage
     common = [f"module.movq_ckpt={movq}", f"module.t2i_ckpt={t2i}", f"run.output_dir={runs}"]
 
-    def done(stage: str) -> bool:
+    hashes: dict[str, str] = dict(manifest.get("config_hash") or {})
+
+    def done(stage: str, key: str | None = None) -> bool:
         p = manifest.get(stage)
-        return bool(p) and Path(p).is_file()
+        return bool(p) and Path(p).is_file() and (key is None or hashes.get(stage) == key)
 
     if not done("keyframes"):
         t0 = time.time()
@@ -180,20 +219,23 @@ def build_tiny_models(redo: bool = False) -> dict[str, Any]:
         manifest["keyframes"] = str(_copy(src, out / "keyframes.ckpt"))
         seconds["keyframes"] = round(time.time() - t0, 1)
 
+    scale = latent_scale_of(movq)
     for stage, exp, recipe in (
-        ("interpolation", EXPERIMENTS / "interpolation" / "base.yaml", INTERPOLATION_RECIPE),
+        ("interpolation", EXPERIMENTS / "interpolation" / "base.yaml", [*INTERPOLATION_RECIPE, f"module.latent_scale={scale}"]),
         ("decoder", EXPERIMENTS / "decoder" / "base.yaml", DECODER_RECIPE),
-    ):
-        if done(stage):
-            continue
-        t0 = time.time()
+    ):  # fmt: skip
         items = [*recipe, *(c for c in common if stage != "decoder" or "t2i_ckpt" not in c), f"run.name={stage}"]
         cfg = load_config(exp, items)
+        key = _recipe_key(exp, items)
+        if done(stage, key):
+            continue
+        t0 = time.time()
         log.info("tiny %s: training %s (%d steps)", stage, exp.name, cfg.trainer.max_steps)
         manifest[stage] = str(_copy(_fit_last(cfg), out / f"{stage}.ckpt"))
+        hashes[stage] = key
         seconds[stage] = round(time.time() - t0, 1)
 
-    manifest.update({"movq_ckpt": movq, "t2i_ckpt": t2i, "seconds": seconds})
+    manifest.update({"movq_ckpt": movq, "t2i_ckpt": t2i, "seconds": seconds, "config_hash": hashes})
     atomic_write_json(out / "manifest.json", manifest)
     return manifest
 

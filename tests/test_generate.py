@@ -51,10 +51,8 @@ def test_same_seed_same_frames_other_seed_differs(stages: Stages) -> None:
     assert not torch.equal(a.latents, c.latents)
 
 
-def test_without_video_decoder_decodes_frame_by_frame_with_the_image_movq(
-    ckpts: dict[str, Path], stages: Stages
-) -> None:
-    no_dec = load_stages(ckpts["keyframes"], ckpts["interpolation"], None)
+def test_without_video_decoder_decodes_frame_by_frame_with_the_image_movq(stages: Stages) -> None:
+    no_dec = Stages(stages.keyframes, stages.interpolation, None)
     r = generate_video(no_dec, "a green circle", FAST)
     assert r.decoder == "image MoVQ decoder, frame by frame"
     frames = torch.cat([no_dec.keyframes.movq.decode(z[None], num_frames=1) for z in r.latents])
@@ -102,3 +100,8 @@ def test_cli_missing_checkpoints_name_the_make_target(
     err = capsys.readouterr().err
     assert "no interpolation checkpoint" in err and "make tiny-models" in err
     assert not (tmp_path / "v.mp4").exists()
+
+
+def test_reference_image_needs_a_reference_keyframe_model(stages: Stages) -> None:
+    with pytest.raises(ConfigError, match="takes no reference image"):
+        generate_video(stages, "a red circle", GenerateOptions(**{**FAST.__dict__, "image": torch.zeros(3, 32, 32)}))
