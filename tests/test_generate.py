@@ -105,3 +105,28 @@ def test_cli_missing_checkpoints_name_the_make_target(
 def test_reference_image_needs_a_reference_keyframe_model(stages: Stages) -> None:
     with pytest.raises(ConfigError, match="takes no reference image"):
         generate_video(stages, "a red circle", GenerateOptions(**{**FAST.__dict__, "image": torch.zeros(3, 32, 32)}))
+
+
+def test_tiny_checkpoint_lookup(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import json
+
+    from ff_lightning.tiny_models import find_tiny_checkpoints, tiny_dir
+
+    monkeypatch.setenv("FF_CACHE_DIR", str(tmp_path))
+    assert find_tiny_checkpoints() == {"keyframes": None, "interpolation": None, "decoder": None}
+    # keyframes from a cached `make compare-temporal` blocks row whose run still has its checkpoint
+    run = tmp_path / "runs" / "temporal" / "blocks" / "version_0"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "checkpoints" / "last.ckpt").write_bytes(b"x")
+    (tmp_path / "ablations" / "temporal").mkdir(parents=True)
+    (tmp_path / "ablations" / "temporal" / "blocks-0123.json").write_text(json.dumps({"run_dir": str(run)}))
+    assert find_tiny_checkpoints()["keyframes"] == run / "checkpoints" / "last.ckpt"
+    # the manifest of `make tiny-models` wins; a listed file that is gone counts as missing
+    files = {s: tiny_dir() / f"{s}.ckpt" for s in ("keyframes", "interpolation", "decoder")}
+    for p in files.values():
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(b"x")
+    (tiny_dir() / "manifest.json").write_text(json.dumps({s: str(p) for s, p in files.items()}))
+    assert find_tiny_checkpoints() == files
+    files["decoder"].unlink()
+    assert find_tiny_checkpoints() == {**files, "decoder": None}
