@@ -21,6 +21,7 @@ examples:
   ff generate "a red circle moving left slowly" --out video.mp4 --gif video.gif     # tiny models (make tiny-models)
   ff generate "a prompt" --keyframes kf.ckpt --interpolation ip.ckpt --decoder dec.ckpt --out video.mp4 \\
       --seed 3 --steps 50 --guidance 5 --passes 2 --interp-guidance 0.25 --tp 0 --skip 1 --fps 16
+  ff generate "a prompt" --keyframes ref.ckpt --image first_frame.png ...   # reference_keyframes checkpoint
 checkpoints are Lightning .ckpt files of the keyframes / interpolation / decoder systems (e.g. runs/.../last.ckpt);
 all three must share one image-MoVQ latent space (checked: a mismatch is an error that names each stage's MoVQ).
 """
@@ -63,6 +64,10 @@ def add_generate_parser(sub: argparse._SubParsersAction) -> None:  # type: ignor
     g.add_argument("--frame-step", type=float, default=None, help="source-frame step of the keyframes (frame rate)")
     g.add_argument("--size", type=_size, default=None, help="frame size HxW (default: the keyframe model's)")
     g.add_argument("--fps", type=float, default=None, help="frame rate of the written video")
+    g.add_argument(
+        "--image", metavar="PATH", default=None,
+        help="reference image for the keyframes (resized to the frame size; a reference_keyframes checkpoint only)",
+    )  # fmt: skip
     g.add_argument("--no-progress", action="store_true", help="no progress bars")
     g.set_defaults(fn=_cmd_generate)
 
@@ -95,6 +100,14 @@ def _resolve(args: argparse.Namespace) -> dict[str, str | None]:
 def _cmd_generate(args: argparse.Namespace) -> int:
     from ff_lightning.pipeline import GenerateOptions, describe, generate
 
+    image = None
+    if args.image:
+        from ff_lightning.systems.reference_keyframes import read_reference_image
+
+        try:
+            image = read_reference_image(args.image)
+        except (FileNotFoundError, OSError) as e:  # missing or unreadable: a usage error (exit 2)
+            raise ConfigError(f"--image {args.image}: {e}") from None
     ckpts = _resolve(args)
     if ckpts["decoder"] is None:
         print("no video decoder: decoding with the keyframe model's image MoVQ, frame by frame", file=sys.stderr)
@@ -102,7 +115,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
         seed=args.seed, steps=args.steps, guidance_weight=args.guidance, passes=args.passes,
         interp_steps=args.interp_steps, interp_guidance_weight=args.interp_guidance, perturbation=args.tp,
         skip_frames=args.skip, frame_step=args.frame_step, size=args.size, fps=args.fps,
-        progress=not args.no_progress,
+        progress=not args.no_progress, image=image,
     )  # fmt: skip
     if args.passes < 1 and ckpts["interpolation"]:
         raise ConfigError("--passes must be >= 1 (use --no-interpolation for keyframes only)")

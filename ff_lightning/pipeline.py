@@ -249,6 +249,15 @@ def latent_size(keyframes: Any, size: tuple[int, int] | None = None) -> tuple[in
     return int(z.shape[-2]), int(z.shape[-1])
 
 
+def _fitted_image(keyframes: Any, o: GenerateOptions) -> torch.Tensor | None:
+    """``o.image`` resized to the frame size when it is an RGB image ``(3, H, W)`` (latents pass unchanged)."""
+    if o.image is None or o.image.ndim != 3 or o.image.shape[0] != 3:
+        return o.image
+    from ff_lightning.systems.reference_keyframes import fit_reference_image
+
+    return fit_reference_image(o.image, o.size or tuple(keyframes.cfg.data.size))
+
+
 @torch.no_grad()
 def keyframe_latents(
     keyframes: Any,
@@ -264,7 +273,8 @@ def keyframe_latents(
     """Stage 1: keyframe latents ``(1, K, c, h, w)`` (unscaled MoVQ latents) for ``prompt``.
 
     ``image``: a reference image ``(3, H, W)`` in [-1, 1] (or its latents) for keyframe models that take one (the
-    ``reference_keyframes`` system's ``generate(reference=...)``; ``ff generate --image`` is not wired yet).
+    ``reference_keyframes`` system's ``generate(reference=...)``; ``ff generate --image PATH``: read, resized to the
+    frame size by :func:`generate_video`).
     """
     kwargs: dict[str, Any] = {"steps": steps, "guidance_weight": guidance_weight, "seed": seed}
     if image is not None:
@@ -289,7 +299,7 @@ def generate_video(stages: Stages, prompt: str, options: GenerateOptions | None 
     with _stage_bar("keyframes", kf_steps, kf.unet, o.progress):
         lat = keyframe_latents(
             kf, prompt, latent_hw=latent_size(kf, o.size), steps=kf_steps, guidance_weight=o.guidance_weight,
-            seed=o.seed, frame_step=o.frame_step, image=o.image,
+            seed=o.seed, frame_step=o.frame_step, image=_fitted_image(kf, o),
         )  # fmt: skip
     seconds["keyframes"] = time.perf_counter() - t0
     num_keyframes = lat.shape[1]

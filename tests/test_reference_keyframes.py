@@ -295,3 +295,66 @@ def test_tensorboard_samples_show_reference_keyframes_and_truth(tmp_path: Path, 
     torch.testing.assert_close(strip[..., 8 * 3 :], ((video[:2].clamp(-1, 1) + 1) / 2).permute(0, 2, 3, 1, 4)
                                .reshape(2, 3, 8, 16))  # fmt: skip
     torch.testing.assert_close(strip[..., 8:24], clip.permute(0, 2, 3, 1, 4).reshape(2, 3, 8, 16))
+
+
+# ------------------------------------------------------------------------------------------ ff generate --image
+def _ref_checkpoint(folder: Path, movq: Path) -> Path:
+    """A reference_keyframes checkpoint (as Lightning writes it) whose reference weights are random, not zero."""
+    import lightning as L
+
+    from ff_lightning.config import load_config
+    from ff_lightning.io import atomic_torch_save
+    from ff_lightning.train import build_system
+
+    torch.manual_seed(4)
+    module = build_system(load_config(ROOT / "experiments/keyframes/ref_blocks.yaml", [
+        "module.allow_random_t2i=true", "module.sample_steps=2", "data.num_frames=2", f"module.movq_ckpt={movq}",
+        f"run.output_dir={folder / 'runs'}"]))  # fmt: skip
+    with torch.no_grad():
+        module.unet.in_layer.reference_weight.normal_(0, 0.5)  # as if trained: the reference changes the output
+    ckpt = {"epoch": 0, "global_step": 0, "pytorch-lightning_version": L.__version__,
+            "state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams)}  # fmt: skip
+    module.on_save_checkpoint(ckpt)
+    return atomic_torch_save(ckpt, folder / "ref_keyframes.ckpt")
+
+
+def test_ff_generate_image(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import av
+    import numpy as np
+    from PIL import Image
+
+    from ff_lightning.cli import main
+    from ff_lightning.systems.reference_keyframes import fit_reference_image, read_reference_image
+    from ff_lightning.tiny_models import write_untrained_stages
+
+    stages = write_untrained_stages(tmp_path / "stages", seed=0, stages=("keyframes",))
+    ref_ckpt = _ref_checkpoint(tmp_path, stages["movq"])
+    images = {}
+    for name, colour in (("red", (230, 20, 20)), ("blue", (20, 20, 230))):
+        pixels = np.zeros((48, 64, 3), dtype=np.uint8)
+        pixels[:] = colour
+        pixels[10:30, 20:40] = 255
+        images[name] = tmp_path / f"{name}.png"
+        Image.fromarray(pixels).save(images[name])
+    loaded = read_reference_image(images["red"])
+    assert loaded.shape == (3, 48, 64) and float(loaded[0, 0, 0]) == pytest.approx(230 / 127.5 - 1)
+    fitted = fit_reference_image(loaded, (32, 32))  # cover + centre crop: 48x64 -> 32x43 -> 32x32
+    assert fitted.shape == (3, 32, 32) and float(fitted[0, 0, 0]) == pytest.approx(230 / 127.5 - 1, abs=1e-5)
+
+    def run(image: Path, ckpt: Path, out: Path) -> int:
+        return main(["generate", "a red circle moving left slowly", "--keyframes", str(ckpt), "--no-interpolation",
+                     "--no-decoder", "--steps", "2", "--seed", "1", "--no-progress", "--image", str(image),
+                     "--out", str(out)])  # fmt: skip
+
+    frames = {}
+    for name, image in images.items():
+        assert run(image, ref_ckpt, tmp_path / f"{name}.mp4") == 0
+        with av.open(str(tmp_path / f"{name}.mp4")) as container:
+            frames[name] = np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)])
+    assert frames["red"].shape == (2, 32, 32, 3)
+    assert np.abs(frames["red"].astype(int) - frames["blue"].astype(int)).mean() > 1  # the image conditions the video
+    capsys.readouterr()
+    assert run(images["red"], stages["keyframes"], tmp_path / "plain.mp4") == 2  # not a reference_keyframes model
+    assert "takes no reference image" in capsys.readouterr().err and not (tmp_path / "plain.mp4").exists()
+    assert run(tmp_path / "missing.png", ref_ckpt, tmp_path / "m.mp4") == 2
+    assert "reference image not found" in capsys.readouterr().err
