@@ -297,7 +297,10 @@ class InterpolationModule(L.LightningModule):
         if self.cfg.optim.ema_decay and self.ema is None:
             self.ema = EMA(self.trainable_parameters(), self.cfg.optim.ema_decay)
 
-    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+    def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
+        """The optimiser step, then the EMA update: once per optimiser step (not per accumulated batch), and before
+        the callbacks' ``on_train_batch_end`` (where checkpoints are saved), so a checkpoint holds this step's EMA."""
+        super().optimizer_step(*args, **kwargs)
         if self.ema is not None:
             self.ema.update(self.trainable_parameters())
 
