@@ -215,5 +215,5 @@ def log_final_hparams(trainer: pl.Trainer, cfg: Any, extra_metrics: dict[str, fl
     for logger in trainer.loggers:
         if isinstance(logger, TensorBoardLogger):
             logger.log_hyperparams(flat_config(cfg), metrics=metrics or {"final/none": 0.0}, step=trainer.global_step)
-            logger.save()
+            logger.finalize("success")  # flush and close the event file (the fit already closed the first one)
     return metrics
