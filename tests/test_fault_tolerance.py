@@ -90,6 +90,15 @@ sys.exit(main(sys.argv[1:]))
 """
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """One torch thread here as in the subprocess (OMP_NUM_THREADS=1): bit-equality needs the same reductions."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def data_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Reduced bundled footage at 32 px (shared with other tests of the session; the build is idempotent)."""
@@ -158,7 +167,7 @@ def test_kill_mid_epoch_and_resume_auto_matches_uninterrupted(
     script.write_text(_SCRIPT.format(tests=str(Path(__file__).parent), log=str(killed_log), kill=KILL_AT))
     argv = [sys.executable, str(script), "train", str(T2I), *_t2i_overrides(data_cache, out)]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
     ckpts = sorted(p.name for p in (out / "t2i_tiny" / "version_0" / "checkpoints").iterdir())
     assert "last.ckpt" in ckpts and not [n for n in ckpts if n.endswith(".tmp")], ckpts

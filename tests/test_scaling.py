@@ -31,6 +31,15 @@ REPO = Path(__file__).resolve().parents[1]
 SAMPLES, BATCH, STEPS = 8, 2, 4  # per-device batch 2 on 2 ranks = global batch 4: 2 steps an epoch, 2 epochs
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """One torch thread: forked DDP workers must not inherit a live OpenMP pool, and sums must match bit for bit."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def data_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from ff_lightning.data.bundled import build_all
