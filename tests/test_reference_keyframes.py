@@ -181,18 +181,19 @@ def test_ff_params_counts_the_reference_parts(capsys: pytest.CaptureFixture[str]
     from ff_lightning.cli import main
 
     counts = {}
-    for variant in (REF, "blocks_conv1d_attn1d"):
-        for preset in ("tiny", "paper"):
-            assert main(["params", "keyframe_unet", variant, "--preset", preset, "--json"]) in (0, None)
-            counts[variant, preset] = json.loads(capsys.readouterr().out)
-    for preset in ("tiny", "paper"):
-        cfg = UNET_PRESETS[preset]
-        init, ted, c = cfg["init_channels"], cfg["time_embed_dim"], cfg["num_channels"]
-        extra = init * (c + 1) * 9 + (init * ted + ted) + (ted * ted + ted)  # reference conv + level MLP
-        ref, plain = counts[REF, preset], counts["blocks_conv1d_attn1d", preset]
-        assert ref["total"] - plain["total"] == extra and ref["trainable"] - plain["trainable"] == extra
-        assert ref["frozen"] == plain["frozen"]
-    assert counts[REF, "paper"]["total"] == 4_146_404_932
+    for variant, preset in ((REF, "tiny"), ("blocks_conv1d_attn1d", "tiny"), (REF, "paper")):  # meta device
+        assert main(["params", "keyframe_unet", variant, "--preset", preset, "--json"]) in (0, None)
+        counts[variant, preset] = json.loads(capsys.readouterr().out)
+
+    def extra(preset: str) -> int:  # reference conv (c + 1 channels, 3x3, no bias) + level MLP
+        init, ted, c = (UNET_PRESETS[preset][k] for k in ("init_channels", "time_embed_dim", "num_channels"))
+        return init * (c + 1) * 9 + (init * ted + ted) + (ted * ted + ted)
+
+    ref, plain = counts[REF, "tiny"], counts["blocks_conv1d_attn1d", "tiny"]
+    assert ref["total"] - plain["total"] == extra("tiny") and ref["trainable"] - plain["trainable"] == extra("tiny")
+    assert ref["frozen"] == plain["frozen"]
+    blocks_paper = 4_143_739_012  # keyframe_unet/blocks_conv1d_attn1d at the paper preset (the release's layout)
+    assert counts[REF, "paper"]["total"] == blocks_paper + extra("paper") == 4_146_404_932
 
 
 # ------------------------------------------------------------------------------------------------ the system
@@ -231,6 +232,20 @@ def test_training_reference_is_a_real_frame_noise_augmented_or_dropped(tmp_path:
     assert not dropped["reference_frames"].any() and not dropped["reference_level"].any()
     with pytest.raises(Exception, match="reference_noise_levels"):
         _module(tmp_path, "module.reference_noise_levels=[5,1]")
+
+
+def test_heldout_loss_with_the_clip_frame_as_reference(tmp_path: Path) -> None:
+    """The evaluator's oracle figure: the clip's own frame as reference; identical to no reference at conversion."""
+    from ff_lightning.evaluation.keyframes import heldout_loss
+
+    module = _module(tmp_path).eval()
+    batch = {"video": torch.rand(2, 2, 3, 32, 32) * 2 - 1, "caption": ["a", "b"], "meta": [{}, {}]}
+    plain = heldout_loss(module, batch, 0, [100, 900])
+    assert torch.equal(heldout_loss(module, batch, 0, [100, 900], given_reference=True), plain)  # zero init
+    with torch.no_grad():
+        module.unet.in_layer.reference_weight.normal_(0, 0.5)
+    assert torch.equal(heldout_loss(module, batch, 0, [100, 900]), plain)  # no reference: unaffected
+    assert not torch.allclose(heldout_loss(module, batch, 0, [100, 900], given_reference=True), plain)
 
 
 def test_reference_frame_is_reproduced_after_a_short_training(tmp_path: Path) -> None:

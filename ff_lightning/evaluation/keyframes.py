@@ -28,7 +28,11 @@ sweep's ``evaluate:`` section, :data:`DEFAULTS`):
   this sample count rather than an independent-sample floor).
 - ``val_loss``: held-out denoising loss (MSE of the eps / v target) per held-out clip (all of them, or
   ``loss_samples``), averaged over the fixed timesteps ``loss_timesteps`` with noise seeded per (clip, timestep):
-  identical inputs for every row, so rows are paired clip by clip.
+  identical inputs for every row, so rows are paired clip by clip. Reference-conditioned modules (system
+  ``reference_keyframes``) are measured without a reference (the same inputs as every other row); their extra
+  figure ``val_loss_given_reference`` is the same loss with the clip's own clean frame given as the reference (an
+  oracle, the given frame included), which shows how much the model uses it. Their samples start from the image
+  stage's reference (made by the T2I base), never a real frame.
 - ``motion``: per generated clip, the mean absolute frame-to-frame change on [0, 1] (all pixels and channels);
   ``motion_gap``: ``|motion(generated i) - motion(real clip i)|``, real clip ``i`` being the held-out clip whose caption
   is prompt ``i`` (its shape, colour, direction and speed). The real mean is the extra figure ``real_motion``.
@@ -152,12 +156,20 @@ def fid_bootstrap(
 
 @torch.no_grad()
 def heldout_loss(
-    module: Any, batch: dict[str, Any], first_index: int, timesteps: Sequence[int], seed: int = 0
+    module: Any,
+    batch: dict[str, Any],
+    first_index: int,
+    timesteps: Sequence[int],
+    seed: int = 0,
+    *,
+    given_reference: bool = False,
 ) -> torch.Tensor:
     """Denoising loss per clip ``(B,)`` of a batch of held-out clips, averaged over the fixed ``timesteps``.
 
     ``batch["video"]`` ``(B, T, 3, H, W)``; clip ``j`` is held-out clip ``first_index + j`` and its noise at timestep
     ``s`` is drawn from a generator seeded with ``(seed, first_index + j, s)``, so every model sees the same inputs.
+    ``given_reference`` (reference-conditioned modules): the clip's own clean frame is given as the reference
+    (:meth:`~ff_lightning.systems.reference_keyframes.ReferenceKeyframesModule.given_reference`); else none is.
     """
     video = batch["video"].to(module.device)
     b, t = video.shape[:2]
@@ -178,7 +190,8 @@ def heldout_loss(
         ).flatten(0, 1).to(x0.device)  # (b t) 4 h w
         steps = torch.full((b * t,), int(s), device=x0.device, dtype=torch.long)
         x_t = module.schedule.q_sample(x0, steps, noise)
-        out = module.unet(x_t, steps.to(x0.dtype), context, mask, num_frames=t, frame_stride=strides)
+        extras = module.given_reference(x0, b) if given_reference else {}
+        out = module.unet(x_t, steps.to(x0.dtype), context, mask, num_frames=t, frame_stride=strides, **extras)
         target = module.schedule.target(module.m.prediction, x0, noise, steps)
         err = (out.float() - target.float()).square().mean(dim=(1, 2, 3)).double().cpu()  # (b t)
         total += err.view(b, t).mean(dim=1)
@@ -395,7 +408,8 @@ def _evaluate(
 
     # --- held-out denoising loss at fixed timesteps and noise
     loss_n = n_held if o["loss_samples"] is None else min(int(o["loss_samples"]), n_held)
-    losses = []
+    losses, given = [], []
+    with_reference = bool(getattr(module, "reference_conditioned", False))
     lb = max(1, int(o["batch_size"]))
     for start in range(0, loss_n, lb):
         stop = min(loss_n, start + lb)
@@ -405,6 +419,9 @@ def _evaluate(
             "meta": ref["meta"][start:stop],  # the clips' frame steps (frame-rate conditioning)
         }
         losses.append(heldout_loss(module, batch, start, o["loss_timesteps"], int(o["loss_seed"])))
+        if with_reference:  # the oracle: the clip's own frame given as the reference
+            given.append(heldout_loss(module, batch, start, o["loss_timesteps"], int(o["loss_seed"]),
+                                      given_reference=True))  # fmt: skip
     out["val_loss"] = summarize(torch.cat(losses))
 
     for name, reason in _unavailable_reasons(t, h, w).items():
@@ -417,6 +434,8 @@ def _evaluate(
         "reference_frames": float(n_held * t),
         "sample_seconds": round(sample_s, 1),
     }
+    if given:
+        extra["val_loss_given_reference"] = float(torch.cat(given).mean())
     if o["real_floor"] and n >= 2:  # the oracle: the described real clips themselves (their features are cached)
         extra["fid_frames_real_floor"] = fid_bootstrap(ref["features"][idx], ref["mu"], ref["sigma"], ref["root"], 0)[0]
     out["_extra"] = extra

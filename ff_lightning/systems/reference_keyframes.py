@@ -121,6 +121,14 @@ class ReferenceKeyframesModule(KeyframesModule):
         level = torch.where(keep, level, torch.zeros_like(level))
         return {"reference": reference, "reference_frames": frames, "reference_level": level.to(x0.dtype)}
 
+    def given_reference(self, x0: torch.Tensor, videos: int) -> dict[str, Any]:
+        """UNet inputs giving each clip its own clean frame ``sample_reference_frame`` as the reference (held-out
+        losses with a reference): ``x0`` ``(b t) c h w`` -> ``reference`` ``(b, c, h, w)``, ``reference_frames``."""
+        t = x0.shape[0] // videos
+        index = int(self.m.sample_reference_frame) % t
+        reference = rearrange(x0, "(b t) c h w -> b t c h w", t=t)[:, index]
+        return {"reference": reference, "reference_frames": index}
+
     # ------------------------------------------------------------------------------------------------- sampling
     def reference_latents(self, reference: torch.Tensor, videos: int) -> torch.Tensor:
         """A user reference -> latents ``(videos, c, h, w)``: an image ``(B | 1, 3, H, W)`` in [-1, 1] is encoded by
