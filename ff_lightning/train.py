@@ -148,6 +148,8 @@ def fit(cfg: DictConfig, *, extra_callbacks: list[Any] | None = None) -> RunResu
     else:
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     last = Path(ckpt_cb.last_model_path) if ckpt_cb.last_model_path else None
+    if last is None and (ckpt_dir / "last.ckpt").is_file():  # spawn/fork launchers: the callback ran in the workers
+        last = ckpt_dir / "last.ckpt"
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if getattr(v, "numel", lambda: 1)() == 1}
     log_final_hparams(trainer, cfg)
     return RunResult(run_dir, last, metrics, module, trainer)

@@ -264,6 +264,12 @@ def test_epoch_sampler_state_skips_consumed_samples() -> None:
     fresh.load_state_dict(state)
     assert list(fresh) == full[4:]
     assert list(fresh) == full  # the skip applies to one iteration only
+    # under DDP every rank takes as many samples as rank 0, whose state the checkpoint holds: each skips its own
+    ranks = [EpochSampler(10, seed=3, num_replicas=2, rank=r) for r in range(2)]
+    for r in ranks:
+        r.set_epoch(2)
+        r.load_state_dict({"epoch": 2, "consumed": 2})
+    assert [i for r in ranks for _, i in r] == [i for r in range(2) for i in [j for _, j in full][r::2][2:]]
     other = EpochSampler(10, shuffle=True, seed=3)
     other.load_state_dict(state)
     other.set_epoch(3)  # a saved position of another epoch is not applied
