@@ -122,6 +122,7 @@ def test_ucf101_from_a_keyframe_checkpoint_is_resumable(keyframe_ckpt: dict[str,
         rec = r["metrics"][m]
         assert rec["value"] is not None and rec["ci_low"] <= rec["ci_high"] and rec["n"] == 4
     assert "keyframes-blocks_conv1d_attn1d" in printed and "4 generated in 2 calls" in printed
+    assert f"checkpoint {ckpt.resolve()} sha256 {_sha(ckpt)[:16]}" in printed
 
     # the stored videos are the module's own samples for the protocol's prompts and batch seeds, frames repeated
     raw = _read_checkpoint(ckpt)["hyper_parameters"]["config"]
@@ -183,7 +184,7 @@ def test_msrvtt_from_a_keyframe_checkpoint_and_compare(keyframe_ckpt: dict[str, 
     capsys.readouterr()
     assert main(["eval", "compare", str(results[0]), str(results[1])]) == 0
     text = capsys.readouterr().out
-    assert a["run_name"] in text and b["run_name"] in text
+    assert a["run_name"] in text and b["run_name"] in text and f"checkpoint sha256 {_sha(ckpt)[:12]}" in text
     line = next(ln for ln in text.splitlines() if ln.startswith("clipsim"))
     for r in (a, b):
         m = r["metrics"]["clipsim"]

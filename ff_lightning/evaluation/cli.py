@@ -65,6 +65,12 @@ def format_summary(record: dict[str, Any], path: Path | str | None = None) -> st
         f"{samples.get('reused', 0)} reused, {samples.get('generated', 0)} generated in "
         f"{samples.get('generator_calls', 0)} calls",
     ]
+    if gen.get("checkpoint"):
+        smp = gen.get("sampling") or {}
+        frames = gen.get("frames") or {}
+        lines.append(f"  checkpoint {gen['checkpoint']} sha256 {str(gen.get('checkpoint_sha256'))[:16]}…; "
+                     f"{smp.get('sampler')} {smp.get('sample_steps')} steps, guidance {smp.get('guidance_weight')}; "
+                     f"{frames.get('generated')} frames at {gen.get('size')}")
     for name, ev in record.get("evaluators", {}).items():
         if ev.get("weights"):
             w = ev["weights"][0]

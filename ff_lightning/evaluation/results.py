@@ -197,7 +197,11 @@ def paired_difference(
 def _label(r: dict[str, Any]) -> str:
     gen = r.get("generator") or {}
     proto = r.get("protocol", {}).get("full_name")
-    return f"{r.get('run_name')} ({gen.get('name')}, {proto}, n={r.get('num_samples')})"
+    who = [] if gen.get("name") == r.get("run_name") else [str(gen.get("name"))]
+    if gen.get("checkpoint_sha256"):
+        who.append(f"checkpoint sha256 {gen['checkpoint_sha256'][:12]}")
+    n = f"n={r.get('num_samples')}"
+    return f"{r.get('run_name')} ({', '.join([*who, str(proto), n])})"
 
 
 def compare_results(a: dict[str, Any], b: dict[str, Any]) -> str:
