@@ -2,7 +2,9 @@
 
 :func:`load_keyframes_generator` is registered with
 :func:`~ff_lightning.evaluation.generators.register_checkpoint_loader`. It accepts a checkpoint of the ``keyframes``
-system (:class:`~ff_lightning.systems.keyframes.KeyframesModule`, any preset, variant, frame count or size):
+system (:class:`~ff_lightning.systems.keyframes.KeyframesModule`, any preset, variant, frame count or size) or of a
+system built on it (``reference_keyframes``: its reference image then comes from its own image stage, as in
+``ff generate`` without ``--image``):
 
 - the file is read with ``torch.load(weights_only=True)`` (arbitrary pickles are refused); its experiment config is
   ``hyper_parameters.config``, else the ``config.yaml`` of its run folder (``<run>/version_N/config.yaml`` next to
@@ -88,15 +90,28 @@ def keyframe_checkpoint_config(path: str | Path, obj: Any = None) -> dict[str, A
             )
         config = OmegaConf.to_container(OmegaConf.load(run_yaml), resolve=True)
         where = str(run_yaml)
-    if not isinstance(config, dict) or config.get("system") != "keyframes":
-        system = config.get("system") if isinstance(config, dict) else None
+    system = config.get("system") if isinstance(config, dict) else None
+    if not _is_keyframe_system(system):
         raise GeneratorUnavailable(
             f"{p} is a checkpoint of the {system!r} system ({where}), not a keyframe checkpoint: --keyframes takes a "
-            "checkpoint of the keyframes system (ff train experiments/keyframes/<variant>.yaml ...)"
+            "checkpoint of the keyframes system or of a system built on it (reference_keyframes; ff train "
+            "experiments/keyframes/<variant>.yaml ...)"
         )
     if not any(k.startswith("unet.") for k in obj["state_dict"]):
         raise GeneratorUnavailable(f"{p}: the checkpoint's state_dict holds no UNet weights ('unet.*')")
     return dict(config)
+
+
+def _is_keyframe_system(system: Any) -> bool:
+    """Whether the registered system ``system`` is :class:`KeyframesModule` or built on it."""
+    from ff_lightning.systems import system_class
+    from ff_lightning.systems.keyframes import KeyframesModule
+
+    try:
+        cls = system_class(str(system))
+    except (KeyError, ValueError, ImportError):  # an unknown name
+        return False
+    return isinstance(cls, type) and issubclass(cls, KeyframesModule)
 
 
 def load_keyframes_generator(
@@ -177,7 +192,7 @@ def load_keyframes_generator(
     identity: dict[str, Any] = {
         "name": name,
         "kind": "keyframes_checkpoint",
-        "system": "keyframes",
+        "system": str(cfg.system),
         "variant": str(cfg.model.variant),
         "preset": str(cfg.model.preset),
         "global_step": int(step) if step is not None else None,
