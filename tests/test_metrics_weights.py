@@ -117,3 +117,15 @@ def test_package_copy_preferred_over_same_named_file(tmp_path: Path) -> None:
     _write(tmp_path / "cache" / "weights" / "alex.pth", b"some other alex.pth")
     info = W.resolve_weights("lpips_alex_v0.1")
     assert info.pinned and info.path.parent.name == "v0.1" and info.path.parent.parent.name == "weights"
+
+
+def test_benchmark_evaluator_entries_live_in_the_weights_table(tmp_path: Path) -> None:
+    """The CLIP and shapes-classifier entries resolve through ``metrics.weights`` alone (no evaluation import)."""
+    assert {"clip_vit_b32_openai", "clip_vit_b32_openai_hf", "shapes_classifier"} <= set(W.KNOWN_WEIGHTS)
+    assert W.KNOWN_WEIGHTS["clip_vit_b32_openai"].sha256 == W.CLIP_OPENAI_SHA256
+    assert W.CLIP_OPENAI_SHA256 in W.KNOWN_WEIGHTS["clip_vit_b32_openai"].source  # the hash is in OpenAI's URL
+    with pytest.raises(W.WeightsUnavailable, match="ViT-B-32.pt"):
+        W.resolve_weights("clip_vit_b32_openai")
+    f = _write(tmp_path / "w" / "open_clip_pytorch_model.bin", b"clip state dict")
+    info = W.resolve_weights("clip_vit_b32_openai_hf", f.parent)
+    assert info.sha256 == hashlib.sha256(b"clip state dict").hexdigest() and not info.pinned
