@@ -225,7 +225,7 @@ def check_latent_spaces(stages: Stages) -> None:
 @contextlib.contextmanager
 def _stage_bar(name: str, total: int, module: nn.Module | None, enabled: bool) -> Iterator[Any]:
     """A tqdm bar advanced by every forward of ``module`` (one per sampler step: guidance batches both branches)."""
-    from tqdm.auto import tqdm
+    from tqdm import tqdm  # text bars on stderr, also inside notebooks (no widget dependency)
 
     bar = tqdm(total=total, desc=name, unit="step", disable=not enabled, leave=True)
 
