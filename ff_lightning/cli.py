@@ -47,6 +47,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
         print(to_yaml(cfg))
         return 0
     result = fit(cfg)
+    if not result.trainer.is_global_zero:  # torchrun / srun: one process per device; rank 0 reports
+        return 0
     print(f"run directory: {result.run_dir}")
     if result.checkpoint:
         print(f"last checkpoint: {result.checkpoint}")

@@ -95,6 +95,7 @@ def fit(cfg: DictConfig, *, extra_callbacks: list[Any] | None = None) -> RunResu
     """Train ``cfg`` with Lightning and return the run directory, best/last checkpoint and final logged metrics."""
     import lightning as L
     from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+    from lightning.pytorch.utilities import rank_zero_only
 
     from ff_lightning.callbacks import AtomicCheckpointIO, NonFiniteLossStop, StepSeed, log_final_hparams
     from ff_lightning.data import SkippedSamplesLogger, build_datamodule
@@ -110,7 +111,10 @@ def fit(cfg: DictConfig, *, extra_callbacks: list[Any] | None = None) -> RunResu
         raise FileNotFoundError(f"run.resume: checkpoint not found: {ckpt_path}")
     logger = TensorBoardLogger(save_dir=cfg.run.output_dir, name=cfg.run.name, default_hp_metric=False)
     run_dir = Path(logger.log_dir)
-    save_config(cfg, run_dir / "config.yaml")
+    # processes started by torchrun / srun / Lightning's ddp launcher each run this function: only global rank 0
+    # (known from the launcher's environment) creates the run directory, the others would pick the next version
+    if rank_zero_only.rank == 0:
+        save_config(cfg, run_dir / "config.yaml")
     module = build_system(cfg)  # model and config errors surface before any data is touched
     if cfg.trainer.gradient_checkpointing and not enable_gradient_checkpointing(module):
         log.warning("trainer.gradient_checkpointing: %s has no module that supports it", cfg.system)
@@ -118,12 +122,17 @@ def fit(cfg: DictConfig, *, extra_callbacks: list[Any] | None = None) -> RunResu
     ckpt_dir = run_dir / "checkpoints"
     every = cfg.run.checkpoint_every_n_steps
     # both write (and overwrite) the one last.ckpt: no "-v1" copies
-    ckpt_cb = ModelCheckpoint(dirpath=ckpt_dir, save_last=True, every_n_train_steps=every, enable_version_counter=False)
+    # at the end of every training epoch, even when validation runs only every few epochs (Lightning would otherwise
+    # save after validation only)
+    ckpt_cb = ModelCheckpoint(
+        dirpath=ckpt_dir, save_last=True, every_n_train_steps=every, enable_version_counter=False,
+        save_on_train_epoch_end=True,
+    )  # fmt: skip
     # periodic checkpoints replace the end-of-epoch ones in ModelCheckpoint: keep both
     epoch_cbs = [
         ModelCheckpoint(
             dirpath=ckpt_dir, filename="{epoch}-{step}-end", save_last=True, every_n_epochs=1,
-            enable_version_counter=False,
+            enable_version_counter=False, save_on_train_epoch_end=True,
         )  # fmt: skip
     ] if every else []
     callbacks = [
