@@ -21,7 +21,8 @@ examples:
   ff generate "a red circle moving left slowly" --out video.mp4 --gif video.gif     # tiny models (make tiny-models)
   ff generate "a prompt" --keyframes kf.ckpt --interpolation ip.ckpt --decoder dec.ckpt --out video.mp4 \\
       --seed 3 --steps 50 --guidance 5 --passes 2 --interp-guidance 0.25 --tp 0 --skip 1 --fps 16
-  ff generate "a prompt" --keyframes ref.ckpt --image first_frame.png ...   # reference_keyframes checkpoint
+  ff generate "a prompt" --keyframes ref.ckpt --image first_frame.png --guidance 5 --image-guidance 1.5 ...
+      # a reference_keyframes checkpoint; without --image its image stage (the T2I base) makes the reference
 checkpoints are Lightning .ckpt files of the keyframes / interpolation / decoder systems (e.g. runs/.../last.ckpt);
 all three must share one image-MoVQ latent space (checked: a mismatch is an error that names each stage's MoVQ).
 """
@@ -67,6 +68,10 @@ def add_generate_parser(sub: argparse._SubParsersAction) -> None:  # type: ignor
     g.add_argument(
         "--image", metavar="PATH", default=None,
         help="reference image for the keyframes (resized to the frame size; a reference_keyframes checkpoint only)",
+    )  # fmt: skip
+    g.add_argument(
+        "--image-guidance", type=float, default=None,
+        help="image guidance weight of reference-image keyframe models (--guidance is the text weight)",
     )  # fmt: skip
     g.add_argument("--no-progress", action="store_true", help="no progress bars")
     g.set_defaults(fn=_cmd_generate)
@@ -115,7 +120,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
         seed=args.seed, steps=args.steps, guidance_weight=args.guidance, passes=args.passes,
         interp_steps=args.interp_steps, interp_guidance_weight=args.interp_guidance, perturbation=args.tp,
         skip_frames=args.skip, frame_step=args.frame_step, size=args.size, fps=args.fps,
-        progress=not args.no_progress, image=image,
+        progress=not args.no_progress, image=image, image_guidance_weight=args.image_guidance,
     )  # fmt: skip
     if args.passes < 1 and ckpts["interpolation"]:
         raise ConfigError("--passes must be >= 1 (use --no-interpolation for keyframes only)")

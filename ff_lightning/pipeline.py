@@ -90,6 +90,7 @@ class GenerateOptions:
     fps: float | None = None  # of the written video (default: keyframe rate x 4^passes / frame step)
     progress: bool = True
     image: torch.Tensor | None = None  # reference image (3, H, W) in [-1, 1] for reference-image keyframe models
+    image_guidance_weight: float | None = None  # w_img of reference-image keyframe models (module's by default)
 
 
 @dataclass
@@ -269,21 +270,26 @@ def keyframe_latents(
     seed: int = 0,
     frame_step: float | None = None,
     image: torch.Tensor | None = None,
+    image_guidance_weight: float | None = None,
 ) -> torch.Tensor:
     """Stage 1: keyframe latents ``(1, K, c, h, w)`` (unscaled MoVQ latents) for ``prompt``.
 
     ``image``: a reference image ``(3, H, W)`` in [-1, 1] (or its latents) for keyframe models that take one (the
     ``reference_keyframes`` system's ``generate(reference=...)``; ``ff generate --image PATH``: read, resized to the
-    frame size by :func:`generate_video`).
+    frame size by :func:`generate_video`). ``image_guidance_weight``: their image guidance weight (with or without
+    ``image``: without one they make the reference with their image stage).
     """
     kwargs: dict[str, Any] = {"steps": steps, "guidance_weight": guidance_weight, "seed": seed}
-    if image is not None:
-        if "reference" not in inspect.signature(keyframes.generate).parameters:
+    for name, value, key in (("image", image, "reference"), ("image guidance", image_guidance_weight,
+                                                              "image_guidance_weight")):  # fmt: skip
+        if value is None:
+            continue
+        if key not in inspect.signature(keyframes.generate).parameters:
             raise ConfigError(
-                f"this keyframe model ({keyframes.cfg.system} system) takes no reference image; a "
+                f"this keyframe model ({keyframes.cfg.system} system) takes no reference image ({name} given); a "
                 "reference_keyframes checkpoint does"
             )
-        kwargs["reference"] = image
+        kwargs[key] = value
     out = keyframes.generate([prompt], latent_hw, decode=False, frame_step=frame_step, **kwargs)  # 1 K c h w
     return out / keyframes.m.latent_scale
 
@@ -300,6 +306,7 @@ def generate_video(stages: Stages, prompt: str, options: GenerateOptions | None 
         lat = keyframe_latents(
             kf, prompt, latent_hw=latent_size(kf, o.size), steps=kf_steps, guidance_weight=o.guidance_weight,
             seed=o.seed, frame_step=o.frame_step, image=_fitted_image(kf, o),
+            image_guidance_weight=o.image_guidance_weight,
         )  # fmt: skip
     seconds["keyframes"] = time.perf_counter() - t0
     num_keyframes = lat.shape[1]

@@ -356,10 +356,11 @@ def test_ff_generate_image(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
     fitted = fit_reference_image(loaded, (32, 32))  # cover + centre crop: 48x64 -> 32x43 -> 32x32
     assert fitted.shape == (3, 32, 32) and float(fitted[0, 0, 0]) == pytest.approx(230 / 127.5 - 1, abs=1e-5)
 
-    def run(image: Path, ckpt: Path, out: Path) -> int:
+    def run(image: Path | None, ckpt: Path, out: Path, *extra: str) -> int:
+        given = ["--image", str(image)] if image else []
         return main(["generate", "a red circle moving left slowly", "--keyframes", str(ckpt), "--no-interpolation",
-                     "--no-decoder", "--steps", "2", "--seed", "1", "--no-progress", "--image", str(image),
-                     "--out", str(out)])  # fmt: skip
+                     "--no-decoder", "--steps", "2", "--seed", "1", "--no-progress", *given, "--out", str(out),
+                     *extra])  # fmt: skip
 
     frames = {}
     for name, image in images.items():
@@ -373,3 +374,13 @@ def test_ff_generate_image(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
     assert "takes no reference image" in capsys.readouterr().err and not (tmp_path / "plain.mp4").exists()
     assert run(tmp_path / "missing.png", ref_ckpt, tmp_path / "m.mp4") == 2
     assert "reference image not found" in capsys.readouterr().err
+    assert run(None, stages["keyframes"], tmp_path / "g.mp4", "--image-guidance", "2") == 2
+    assert "takes no reference image (image guidance given)" in capsys.readouterr().err
+    # without --image the image stage makes the reference; the image weight is used (another video)
+    assert run(None, ref_ckpt, tmp_path / "w1.mp4", "--image-guidance", "0") == 0
+    assert run(None, ref_ckpt, tmp_path / "w2.mp4", "--image-guidance", "3") == 0
+    decoded = []
+    for name in ("w1", "w2"):
+        with av.open(str(tmp_path / f"{name}.mp4")) as container:
+            decoded.append(np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)]))
+    assert decoded[0].shape == (2, 32, 32, 3) and np.abs(decoded[0].astype(int) - decoded[1].astype(int)).mean() > 1
