@@ -277,12 +277,16 @@ def _row_key(sw: SweepConfig, cfg: DictConfig, row: SweepRow) -> str:
     return hashlib.sha256(json.dumps({"config": key, **extra}, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+_RESULT_NEUTRAL_TRAINER_KEYS = ("enable_progress_bar", "gradient_checkpointing")
+
+
 def config_hash(cfg: DictConfig) -> str:
-    """Cache key of a row: the resolved config, minus where its outputs go."""
+    """Cache key of a row: the resolved config, minus where its outputs go and switches that trade compute for memory
+    or display without changing results (gradient checkpointing: gradients bit-equal, tests/test_scaling.py)."""
     c = OmegaConf.to_container(cfg, resolve=True)
     assert isinstance(c, dict)
     c["run"] = {k: v for k, v in c["run"].items() if k not in ("output_dir", "resume")}
-    c["trainer"] = {k: v for k, v in c["trainer"].items() if k not in ("enable_progress_bar",)}
+    c["trainer"] = {k: v for k, v in c["trainer"].items() if k not in _RESULT_NEUTRAL_TRAINER_KEYS}
     return hashlib.sha256(json.dumps(c, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 

@@ -18,7 +18,7 @@ def test_shipped_experiments_validate() -> None:
         if path.parent.name in ("ablations", "eval"):
             continue
         cfg = load_config(path)
-        assert cfg.system in ("decoder", "movq", "t2i", "keyframes", "interpolation")
+        assert cfg.system in ("decoder", "movq", "t2i", "keyframes", "reference_keyframes", "interpolation"), path
 
 
 def test_base_chain_and_overrides(tmp_path: Path) -> None:
@@ -41,7 +41,7 @@ def test_base_chain_and_overrides(tmp_path: Path) -> None:
         (["trainer.max_steps=lots"], "trainer.max_steps"),
         (["model.variant=conv9x9x9"], "unknown model.variant 'conv9x9x9' for component 'decoder'; valid choices: 2d_to_3d"),
         (["model.preset=huge"], "valid choices: paper, small, tiny"),
-        (["system=nope"], "unknown system 'nope'; valid choices: decoder, interpolation, keyframes, movq, t2i"),
+        (["system=nope"], "unknown system 'nope'; valid choices: decoder, interpolation, keyframes, movq, reference_keyframes, t2i"),
         (["data.source=youtube"], "unknown data.source 'youtube'; valid choices:"),
     ],
 )
