@@ -69,7 +69,8 @@ def _write_sweep(root: Path, cache: Path) -> Path:
     rows = {r["name"]: r for r in sweep["rows"]}
     rows["layers"]["set"]["trainer.max_steps"] = 1
     rows["blocks"]["set"]["trainer.max_steps"] = 2
-    sweep["rows"] = [rows["layers"], rows["blocks"], rows["a"], rows["b"]]
+    rows["ref_blocks"]["set"]["trainer.max_steps"] = 1
+    sweep["rows"] = [rows["layers"], rows["blocks"], rows["ref_blocks"], rows["a"], rows["b"]]
     path = root / "temporal.yaml"
     path.write_text(yaml.safe_dump(sweep, sort_keys=False))
     return path
@@ -91,7 +92,7 @@ def sweep_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, An
 
 def test_rows_trained_evaluated_and_rendered(sweep_run: dict[str, Any]) -> None:
     root, records = sweep_run["root"], sweep_run["records"]
-    assert [r["row"] for r in records] == ["layers", "blocks"]  # on-demand rows without checkpoints do not run
+    assert [r["row"] for r in records] == ["layers", "blocks", "ref_blocks"]  # on-demand rows without checkpoints: not run
     models = sorted(p.name for p in (root / "ffcache" / "models").iterdir())
     assert [m.split("-")[0] for m in models] == ["movq", "t2i"]  # the prepare chain cached both
     for r in records:
@@ -108,21 +109,25 @@ def test_rows_trained_evaluated_and_rendered(sweep_run: dict[str, Any]) -> None:
         assert {"real_motion", "real_frame_consistency", "fid_frames_real_floor"} <= set(r["extra"])
         assert Path(r["artifacts"]["samples.npz"]).is_file()
         assert r["params"] and r["params_paper"] > 1e9
+    ref_extra = records[2]["extra"]  # the reference-guided row: oracle loss and reference fidelity figures
+    assert records[2]["config"]["system"] == "reference_keyframes"
+    assert {"val_loss_given_reference", "reference_frame_mse", "reference_other_frames_mse"} <= set(ref_extra)
+    assert "val_loss_given_reference" not in records[1]["extra"]
     md = (root / "out" / "temporal.md").read_text()
     assert "temporal layers" in md and "temporal blocks" in md and "(paper)" not in md
     assert "- **fvd**: FVD not computed" in md and "Paired differences against **temporal layers" in md
     assert "[temporal_samples.gif](temporal_samples.gif)" in md
     with open(root / "out" / "temporal.csv", newline="") as f:
         rows = list(csv.DictReader(f))
-    assert [r["row"] for r in rows] == ["layers", "blocks"] and float(rows[0]["fid_frames"]) >= 0
+    assert [r["row"] for r in rows] == ["layers", "blocks", "ref_blocks"] and float(rows[0]["fid_frames"]) >= 0
     png, gif, mp4 = (root / "out" / f"temporal_samples.{e}" for e in ("png", "gif", "mp4"))
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and mp4.stat().st_size > 0
     from PIL import Image
 
     with Image.open(gif) as im:
         assert im.n_frames == FRAMES
-    with Image.open(png) as im:  # 3 columns (real, layers, blocks) of FRAMES frames, 3 prompts
-        assert im.width > 3 * FRAMES * 32 * 2 and im.height > 3 * 32 * 2
+    with Image.open(png) as im:  # 4 columns (real, layers, blocks, ref_blocks) of FRAMES frames, 3 prompts
+        assert im.width > 4 * FRAMES * 32 * 2 and im.height > 3 * 32 * 2
 
 
 def _refuse(*args: Any, **kwargs: Any) -> Any:
@@ -143,7 +148,7 @@ def test_rerun_uses_the_caches(sweep_run: dict[str, Any], monkeypatch: pytest.Mo
 
 def test_compare_two_checkpoints(sweep_run: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
     """A/B mode: the rows' own checkpoints, evaluated without training or prepare, give the rows' numbers."""
-    layers, blocks = sweep_run["records"]
+    layers, _, blocks = sweep_run["records"]  # B: the reference-guided row's checkpoint (its own system)
     ckpts = [Path(r["run_dir"]) / "checkpoints" / "last.ckpt" for r in (layers, blocks)]
     assert all(p.is_file() for p in ckpts)
     monkeypatch.setattr("ff_lightning.train.fit", _refuse)  # neither the rows nor the prepare chain train

@@ -32,7 +32,9 @@ sweep's ``evaluate:`` section, :data:`DEFAULTS`):
   ``reference_keyframes``) are measured without a reference (the same inputs as every other row); their extra
   figure ``val_loss_given_reference`` is the same loss with the clip's own clean frame given as the reference (an
   oracle, the given frame included), which shows how much the model uses it. Their samples start from the image
-  stage's reference (made by the T2I base), never a real frame.
+  stage's reference (made by the T2I base), never a real frame; the extra figures ``reference_frame_mse`` /
+  ``reference_other_frames_mse`` are the mean squared difference (pixels on [0, 1]) between that reference image and
+  the generated frame that was given it / the other frames.
 - ``motion``: per generated clip, the mean absolute frame-to-frame change on [0, 1] (all pixels and channels);
   ``motion_gap``: ``|motion(generated i) - motion(real clip i)|``, real clip ``i`` being the held-out clip whose caption
   is prompt ``i`` (its shape, colour, direction and speed). The real mean is the extra figure ``real_motion``.
@@ -373,7 +375,8 @@ def _evaluate(
     t0 = time.time()
     latent = module.encode_frames(real[:1, 0].to(device))
     bs = max(1, int(o["batch_size"]))
-    chunks = []
+    chunks, references = [], []
+    with_reference = bool(getattr(module, "reference_conditioned", False))  # reference_keyframes: image stage first
     for k, start in enumerate(range(0, n, bs)):
         v = module.generate(
             prompts[start : start + bs],
@@ -382,7 +385,11 @@ def _evaluate(
             sampler=o["sampler"],
             guidance_weight=o["guidance_weight"],
             seed=int(o["seed"]) * 1000 + k,
+            **({"return_reference": True} if with_reference else {}),
         )
+        if with_reference:  # the reference latents the image stage made: decoded to compare with the keyframes
+            v, r = v
+            references.append(module.decode_latents(r).float().clamp(-1, 1).cpu())
         chunks.append(v.float().clamp(-1, 1).cpu())
     videos = torch.cat(chunks)
     u8 = ((videos + 1) * 127.5).round().to(torch.uint8)
@@ -436,6 +443,13 @@ def _evaluate(
     }
     if given:
         extra["val_loss_given_reference"] = float(torch.cat(given).mean())
+    if references:  # how closely the generated frames follow the reference image (pixels on [0, 1])
+        per_frame = ((videos - torch.cat(references)[:, None]) / 2).square().mean(dim=(2, 3, 4))  # n t
+        frame = int(module.m.sample_reference_frame) % t
+        others = [i for i in range(t) if i != frame]
+        extra["reference_frame_mse"] = float(per_frame[:, frame].mean())
+        if others:
+            extra["reference_other_frames_mse"] = float(per_frame[:, others].mean())
     if o["real_floor"] and n >= 2:  # the oracle: the described real clips themselves (their features are cached)
         extra["fid_frames_real_floor"] = fid_bootstrap(ref["features"][idx], ref["mu"], ref["sigma"], ref["root"], 0)[0]
     out["_extra"] = extra
