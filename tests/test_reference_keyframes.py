@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 import torch
 
+from ff_lightning.config import ConfigError
 from ff_lightning.diffusion import guided_denoiser
 from ff_lightning.models.keyframes import keyframe_unet_from_t2i
 from ff_lightning.models.reference import ReferenceInputConv, reference_guided_denoiser
@@ -230,8 +231,11 @@ def test_training_reference_is_a_real_frame_noise_augmented_or_dropped(tmp_path:
     module.m.reference_dropout = 1.0
     dropped = module.unet_extras(x0, 3, None)
     assert not dropped["reference_frames"].any() and not dropped["reference_level"].any()
-    with pytest.raises(Exception, match="reference_noise_levels"):
-        _module(tmp_path, "module.reference_noise_levels=[5,1]")
+    for bad in ("[5,1]", "[0,1,2]", "[0,1000]"):
+        with pytest.raises(ConfigError, match="reference_noise_levels"):
+            _module(tmp_path, f"module.reference_noise_levels={bad}")
+    with pytest.raises(ConfigError, match="reference_frame=2 is not a frame"):
+        _module(tmp_path, "module.reference_frame=2")
 
 
 def test_heldout_loss_with_the_clip_frame_as_reference(tmp_path: Path) -> None:

@@ -75,8 +75,8 @@ class ReferenceKeyframesModule(KeyframesModule):
 
     def build_unet(self) -> Any:
         m = self.m
-        lo, hi = (int(v) for v in m.reference_noise_levels)
-        if len(m.reference_noise_levels) != 2 or not 0 <= lo <= hi < int(m.train_timesteps):
+        levels = [int(v) for v in m.reference_noise_levels]
+        if len(levels) != 2 or not 0 <= levels[0] <= levels[1] < int(m.train_timesteps):
             raise ConfigError(
                 f"module.reference_noise_levels must be [lo, hi] with 0 <= lo <= hi < train_timesteps, "
                 f"got {list(m.reference_noise_levels)}"
