@@ -241,7 +241,8 @@ def test_offline_cli_compare_and_table(tmp_path: Path, monkeypatch: pytest.Monke
     assert "ours: mine | 20.500 [20.000, 21.000] | unavailable | 0.2900 [0.2880, 0.2920]" in text
     assert "no I3D file" in text and "Offline (bundled data): NOT COMPARABLE" in text
     rows = csv_path.read_text().strip().splitlines()
-    assert len(rows) == 1 + 15 + 1 and rows[0].startswith("method,group,source,comparable_to_paper,is,is_ci_low")
+    assert "| VideoGen (IS/CLIPSIM as quoted in issue 8) | 77.610 | – | 0.3127 | paper |" in text
+    assert len(rows) == 1 + 16 + 1 and rows[0].startswith("method,group,source,comparable_to_paper,is,is_ci_low")
     assert png.stat().st_size > 1000
 
 
