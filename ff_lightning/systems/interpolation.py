@@ -35,7 +35,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import lightning as L
 import torch
 from einops import rearrange
 from omegaconf import DictConfig, OmegaConf
@@ -58,6 +57,7 @@ from ff_lightning.models.masked_interpolation import masked_interpolation_unet_f
 from ff_lightning.models.text import NullEmbedding
 from ff_lightning.models.unet import KandinskyUNet
 from ff_lightning.systems.ema import EMA
+from ff_lightning.systems.frozen_movq import FrozenMoVQDiffusionSystem
 from ff_lightning.systems.keyframes import T2I_CKPT_HINT, read_t2i_checkpoint
 from ff_lightning.systems.t2i import SPACINGS, build_frozen_movq
 
@@ -124,7 +124,7 @@ def _check(condition: bool, message: str) -> None:
         raise ConfigError(message)
 
 
-class InterpolationModule(L.LightningModule):
+class InterpolationModule(FrozenMoVQDiffusionSystem):
     """Interpolation training (see the module docstring); ``self.cfg`` the whole config, ``self.m`` its ``module``."""
 
     def __init__(self, cfg: DictConfig) -> None:
@@ -202,17 +202,6 @@ class InterpolationModule(L.LightningModule):
             )
         return masked_interpolation_unet_from_t2i(image, copy=False, freeze_spatial=m.freeze_spatial)
 
-    def train(self, mode: bool = True) -> InterpolationModule:
-        super().train(mode)
-        self.movq.eval()
-        return self
-
-    def trainable_parameters(self) -> list[nn.Parameter]:
-        return [p for p in self.parameters() if p.requires_grad]
-
-    def trainable_named_parameters(self) -> list[tuple[str, nn.Parameter]]:
-        return [(n, p) for n, p in self.named_parameters() if p.requires_grad]
-
     # ---------------------------------------------------------------------------------------------------- data
     def setup(self, stage: str) -> None:
         """Wrap the datamodule's datasets into interpolation samples (see the module docstring)."""
@@ -281,38 +270,7 @@ class InterpolationModule(L.LightningModule):
             self.log_samples("train/samples", batch)
         return loss
 
-    def configure_optimizers(self) -> Any:
-        o = self.cfg.optim
-        params = self.trainable_parameters()
-        if not params:
-            raise ValueError("nothing to train: every parameter is frozen")
-        opt = torch.optim.AdamW(params, lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay)
-        if not o.warmup_steps:
-            return opt
-        warmup = int(o.warmup_steps)
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: min(1.0, (step + 1) / warmup))
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
-
-    def on_fit_start(self) -> None:
-        if self.cfg.optim.ema_decay and self.ema is None:
-            self.ema = EMA(self.trainable_parameters(), self.cfg.optim.ema_decay)
-
-    def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
-        """The optimiser step, then the EMA update: once per optimiser step (not per accumulated batch), and before
-        the callbacks' ``on_train_batch_end`` (where checkpoints are saved), so a checkpoint holds this step's EMA."""
-        super().optimizer_step(*args, **kwargs)
-        if self.ema is not None:
-            self.ema.update(self.trainable_parameters())
-
     # ---------------------------------------------------------------------------------------------- validation
-    def on_validation_epoch_start(self) -> None:
-        if self.ema is not None:
-            self.ema.swap_in(self.trainable_parameters())
-
-    def on_validation_epoch_end(self) -> None:
-        if self.ema is not None:
-            self.ema.swap_out(self.trainable_parameters())
-
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         gen = torch.Generator(device="cpu").manual_seed(self.cfg.run.seed * 100_003 + batch_idx)
         bs = batch["video"].shape[0]
@@ -366,10 +324,6 @@ class InterpolationModule(L.LightningModule):
         return rearrange(frames, "(b t) c h w -> b t c h w", t=t)
 
     # ---------------------------------------------------------------------------------------------------- logging
-    def _tensorboard(self) -> Any | None:
-        exp = getattr(self.logger, "experiment", None)
-        return exp if exp is not None and hasattr(exp, "add_images") else None
-
     @torch.no_grad()
     def log_samples(self, tag: str, batch: Mapping[str, Any], metrics_prefix: str | None = None) -> None:
         """Interpolate the first ``num_log_samples`` videos from their keyframes; log keyframes / interpolated /
@@ -408,24 +362,3 @@ class InterpolationModule(L.LightningModule):
         exp.add_images(tag, ((grid + 1) / 2).clamp(0, 1).cpu(), global_step=self.global_step)
 
     # -------------------------------------------------------------------------------------------- checkpointing
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        state = checkpoint.get("state_dict", {})
-        for key in [k for k in state if k.startswith("movq.")]:
-            del state[key]  # the frozen MoVQ comes from module.movq_ckpt
-        if self.ema is not None:
-            names = [n for n, _ in self.trainable_named_parameters()]
-            checkpoint["ema_state_dict"] = {n: s for n, s in zip(names, self.ema.shadow, strict=True)}
-
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        ema = checkpoint.get("ema_state_dict")
-        if ema and self.cfg.optim.ema_decay:
-            names = [n for n, _ in self.trainable_named_parameters()]
-            self.ema = EMA(self.trainable_parameters(), self.cfg.optim.ema_decay)
-            self.ema.shadow = [ema[n].to(self.device) for n in names]
-
-    def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False) -> Any:
-        """Checkpoints leave out the frozen MoVQ: fill its entries from the model already loaded."""
-        full = dict(state_dict)
-        for key, value in self.movq.state_dict().items():
-            full.setdefault(f"movq.{key}", value)
-        return super().load_state_dict(full, strict=strict, assign=assign)

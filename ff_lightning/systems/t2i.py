@@ -1,6 +1,7 @@
 """Latent text-to-image diffusion (``T2IModule``) and the base shared with the keyframe system.
 
-:class:`LatentDiffusionSystem` holds what both diffusion systems share:
+:class:`LatentDiffusionSystem` (on :class:`~ff_lightning.systems.frozen_movq.FrozenMoVQDiffusionSystem`, whose
+optimiser / EMA / checkpoint code the interpolation system shares too) holds what the text-conditioned systems share:
 
 - a frozen image MoVQ (``module.movq_ckpt``; ``allow_random_movq`` for tests) whose un-quantized latents are the
   diffusion space, multiplied by ``module.latent_scale`` (1.0: the release does not rescale);
@@ -29,7 +30,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import lightning as L
 import torch
 import torch.nn.functional as F
 from einops import rearrange, repeat
@@ -54,6 +54,7 @@ from ff_lightning.models.text import (
     build_text_encoder,
 )
 from ff_lightning.systems.ema import EMA
+from ff_lightning.systems.frozen_movq import FrozenMoVQDiffusionSystem
 
 __all__ = ["DiffusionSystemConfig", "T2ISystemConfig", "LatentDiffusionSystem", "T2IModule", "build_frozen_movq"]
 
@@ -121,7 +122,7 @@ def _check_choice(key: str, value: str, choices: Sequence[str]) -> None:
         raise ConfigError(f"unknown module.{key} {value!r}; valid choices: {', '.join(choices)}")
 
 
-class LatentDiffusionSystem(L.LightningModule):
+class LatentDiffusionSystem(FrozenMoVQDiffusionSystem):
     """Base of the diffusion systems; ``self.cfg`` is the whole validated config, ``self.m`` its module section.
 
     Subclasses build ``self.unet`` (:meth:`build_unet`), define the loss (:meth:`diffusion_loss`) and the sampling
@@ -169,17 +170,6 @@ class LatentDiffusionSystem(L.LightningModule):
     @property
     def text_encoder(self) -> TextEncoder:
         return self.text_cache.encoder
-
-    def train(self, mode: bool = True) -> LatentDiffusionSystem:
-        super().train(mode)
-        self.movq.eval()  # frozen: always in inference mode
-        return self
-
-    def trainable_parameters(self) -> list[nn.Parameter]:
-        return [p for p in self.parameters() if p.requires_grad]
-
-    def trainable_named_parameters(self) -> list[tuple[str, nn.Parameter]]:
-        return [(n, p) for n, p in self.named_parameters() if p.requires_grad]
 
     @torch.no_grad()
     def encode_frames(self, frames: torch.Tensor) -> torch.Tensor:
@@ -249,29 +239,6 @@ class LatentDiffusionSystem(L.LightningModule):
         )
 
     # ---------------------------------------------------------------------------------------------- optimisation
-    def configure_optimizers(self) -> Any:
-        o = self.cfg.optim
-        params = self.trainable_parameters()
-        if not params:
-            raise ValueError("nothing to train: every parameter is frozen")
-        opt = torch.optim.AdamW(params, lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay)
-        if not o.warmup_steps:
-            return opt
-        warmup = int(o.warmup_steps)
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: min(1.0, (step + 1) / warmup))
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
-
-    def on_fit_start(self) -> None:
-        if self.cfg.optim.ema_decay and self.ema is None:
-            self.ema = EMA(self.trainable_parameters(), self.cfg.optim.ema_decay)
-
-    def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
-        """The optimiser step, then the EMA update: once per optimiser step (not per accumulated batch), and before
-        the callbacks' ``on_train_batch_end`` (where checkpoints are saved), so a checkpoint holds this step's EMA."""
-        super().optimizer_step(*args, **kwargs)
-        if self.ema is not None:
-            self.ema.update(self.trainable_parameters())
-
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         loss = self.diffusion_loss(batch)
         if not torch.isfinite(loss):
@@ -285,14 +252,6 @@ class LatentDiffusionSystem(L.LightningModule):
         return loss
 
     # ------------------------------------------------------------------------------------------------ validation
-    def on_validation_epoch_start(self) -> None:
-        if self.ema is not None:
-            self.ema.swap_in(self.trainable_parameters())
-
-    def on_validation_epoch_end(self) -> None:
-        if self.ema is not None:
-            self.ema.swap_out(self.trainable_parameters())
-
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         gen = torch.Generator(device="cpu").manual_seed(self.cfg.run.seed * 100_003 + batch_idx)
         loss = self.diffusion_loss(batch, generator=gen)
@@ -301,10 +260,6 @@ class LatentDiffusionSystem(L.LightningModule):
             self.log_samples("val/samples", batch)
 
     # ---------------------------------------------------------------------------------------------------- logging
-    def _tensorboard(self) -> Any | None:
-        exp = getattr(self.logger, "experiment", None)
-        return exp if exp is not None and hasattr(exp, "add_images") else None
-
     @torch.no_grad()
     def log_samples(self, tag: str, batch: Mapping[str, Any]) -> None:
         """Generate from the first ``num_log_samples`` prompts and log them (rank zero, TensorBoard only)."""
@@ -332,28 +287,9 @@ class LatentDiffusionSystem(L.LightningModule):
 
     # -------------------------------------------------------------------------------------------- checkpointing
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        state = checkpoint.get("state_dict", {})
-        for key in [k for k in state if k.startswith("movq.")]:
-            del state[key]  # the frozen MoVQ comes from module.movq_ckpt
-        if self.ema is not None:
-            names = [n for n, _ in self.trainable_named_parameters()]
-            checkpoint["ema_state_dict"] = {n: s for n, s in zip(names, self.ema.shadow, strict=True)}
+        super().on_save_checkpoint(checkpoint)  # without the frozen MoVQ, with the EMA by name
         if self.text_cache.cache_dir is not None and self.trainer.is_global_zero:
             self.text_cache.save()
-
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        ema = checkpoint.get("ema_state_dict")
-        if ema and self.cfg.optim.ema_decay:
-            names = [n for n, _ in self.trainable_named_parameters()]
-            self.ema = EMA(self.trainable_parameters(), self.cfg.optim.ema_decay)
-            self.ema.shadow = [ema[n].to(self.device) for n in names]
-
-    def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False) -> Any:
-        """Checkpoints leave out the frozen MoVQ: fill its entries from the model already loaded."""
-        full = dict(state_dict)
-        for key, value in self.movq.state_dict().items():
-            full.setdefault(f"movq.{key}", value)
-        return super().load_state_dict(full, strict=strict, assign=assign)
 
     def on_train_epoch_end(self) -> None:
         if self.text_cache.cache_dir is not None and self.trainer.is_global_zero:
