@@ -45,6 +45,7 @@ import torch
 from einops import rearrange
 from torch import nn
 
+from ff_lightning.checkpoints import load_checkpoint
 from ff_lightning.config import ConfigError
 
 __all__ = [
@@ -115,16 +116,6 @@ class GenerationResult:
 
 
 # ----------------------------------------------------------------------------------------------------- loading
-def _read_checkpoint(path: Path) -> Any:
-    """A checkpoint read safely: :func:`ff_lightning.checkpoints.load_checkpoint` (safetensors, or
-    ``torch.load(weights_only=True)`` with a clear error for unsafe pickles), else ``torch.load(weights_only=True)``."""
-    try:
-        from ff_lightning.checkpoints import load_checkpoint
-    except ImportError:  # pragma: no cover - older trees without the shared loader
-        return torch.load(path, map_location="cpu", weights_only=True)
-    return load_checkpoint(path)
-
-
 def load_stage(stage: str, path: str | os.PathLike[str], device: str | torch.device = "cpu") -> Any:
     """Build the system a stage checkpoint was trained with and load its weights (strict; EMA swapped in).
 
@@ -140,7 +131,7 @@ def load_stage(stage: str, path: str | os.PathLike[str], device: str | torch.dev
     p = Path(path).expanduser()
     if not p.is_file():
         raise FileNotFoundError(f"{stage} checkpoint not found: {p}")
-    obj = _read_checkpoint(p)
+    obj = load_checkpoint(p)  # safetensors or weights-only; code-needing pickles are refused
     hp = obj.get("hyper_parameters") if isinstance(obj, Mapping) else None
     stored = hp.get("config") if isinstance(hp, Mapping) else None
     if not isinstance(stored, Mapping) or not isinstance(obj.get("state_dict"), Mapping):
