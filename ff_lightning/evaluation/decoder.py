@@ -5,7 +5,7 @@ frames -> frozen encoder -> video decoder over the whole sequence -> reconstruct
 frames of: PSNR on [0, 1] after clamping (``data_range=1``), SSIM (Gaussian window 11, sigma 1.5), MSE on [0, 1],
 LPIPS (AlexNet, v0.1, inputs in [-1, 1]) and *flicker* = mean ``|Δ reconstruction - Δ target|`` of consecutive
 frames on [0, 1] (temporal consistency: what the temporal layers exist to fix). Every figure is reported as the mean
-over sequences with a percentile-bootstrap 95% interval (1000 resamples, seed 0). LPIPS needs the AlexNet backbone
+over sequences with a studentized-bootstrap 95% interval (1000 resamples, seed 0). LPIPS needs the AlexNet backbone
 file; without it the column is ``None`` with the reason and how to supply the file, never a number from random
 weights.
 """

@@ -172,7 +172,7 @@ class MetricSpec:
 class UncertaintySpec:
     """How intervals are computed (see :mod:`.results`).
 
-    Per-sample metrics (CLIPSIM, accuracy): percentile bootstrap over samples, ``n_boot`` resamples. Distribution
+    Per-sample metrics (CLIPSIM, accuracy): studentized (bootstrap-t) interval over samples, ``n_boot`` resamples. Distribution
     metrics (IS, FVD, FID): the value on all samples, a percentile-bootstrap interval over generated samples with the
     real statistics fixed (``n_boot_distribution`` resamples, recentred on the value: see :mod:`.uncertainty`), and,
     when ``repeats > 1``, mean ± std over that many disjoint consecutive (class-balanced) subsets.

@@ -3,8 +3,9 @@
 Two kinds of metric, two treatments (the protocol's ``uncertainty`` section sets ``alpha``, the resample counts, the
 seed and ``repeats``):
 
-* **Per-sample metrics** (CLIPSIM, classifier accuracy): the mean over samples with a percentile-bootstrap
-  ``1 - alpha`` interval over samples (:func:`per_sample_record`, ``n_boot`` resamples). Per-sample values are stored
+* **Per-sample metrics** (CLIPSIM, classifier accuracy): the mean over samples with a studentized-bootstrap
+  ("bootstrap-t") ``1 - alpha`` interval over samples (:func:`ff_lightning.metrics.bootstrap.bootstrap_ci`, whose
+  docstring gives the measured coverage at small N) (:func:`per_sample_record`, ``n_boot`` resamples). Per-sample values are stored
   in the result, so two runs on the same prompts can be compared pairwise (``ff eval compare``).
 * **Distribution metrics** (IS, FVD, frame FID): ``value`` is the metric on all N generated samples, the number the
   published protocols define. The interval is a percentile bootstrap over *generated samples* with the real
@@ -67,7 +68,7 @@ def unavailable(reason: str) -> dict[str, Any]:
 
 
 def per_sample_record(values: torch.Tensor | np.ndarray, *, alpha: float, n_boot: int, seed: int) -> dict[str, Any]:
-    """Mean of per-sample ``values`` ``(N,)`` with a percentile-bootstrap interval over samples."""
+    """Mean of per-sample ``values`` ``(N,)`` with a studentized-bootstrap interval over samples."""
     arr = np.asarray(values.detach().cpu().double() if isinstance(values, torch.Tensor) else values, np.float64)
     ci = bootstrap_ci(arr, n_boot=n_boot, alpha=alpha, seed=seed)
     return {
@@ -76,7 +77,7 @@ def per_sample_record(values: torch.Tensor | np.ndarray, *, alpha: float, n_boot
         "ci_high": ci.high,
         "n": int(arr.size),
         "available": True,
-        "ci_method": f"percentile bootstrap over samples ({n_boot} resamples, {100 * (1 - alpha):g}%)",
+        "ci_method": f"studentized (bootstrap-t) bootstrap over samples ({n_boot} resamples, {100 * (1 - alpha):g}%)",
         "alpha": alpha,
         "n_boot": n_boot,
     }

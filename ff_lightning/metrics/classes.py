@@ -3,7 +3,7 @@
 Per-sample metrics (:class:`VideoPSNR`, :class:`VideoSSIM`, :class:`VideoMSE`, :class:`VideoLPIPS`,
 :class:`TemporalConsistency`, :class:`CLIPSimilarity`) keep one float64 value per sample (per video: the mean of its
 per-frame values; per prompt for CLIP) in a list state with ``dist_reduce_fx="cat"``, so after the DDP gather every
-rank holds all samples and ``compute()`` returns the mean with a deterministic percentile-bootstrap CI::
+rank holds all samples and ``compute()`` returns the mean with a deterministic studentized-bootstrap CI::
 
     {"value": mean, "ci_low": ..., "ci_high": ..., "n": number of samples}
 
