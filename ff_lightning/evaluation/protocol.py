@@ -150,8 +150,9 @@ class MetricSpec:
     ``evaluator`` names a :data:`ff_lightning.metrics.weights.KNOWN_WEIGHTS` entry, resolved with the CLI path >
     cache > error order; ``optional: true`` reports the metric as unavailable (with the reason) when the file is
     missing instead of failing. ``num_frames``: the first frames used (IS, FVD, CLIPSIM; 0 = all for CLIPSIM);
-    ``frame_indices``: the frames per video used by frame FID; ``size``: the evaluator input [H, W] (direct resize, no
-    crop); ``splits``: Inception Score chunks; ``features``: FVD feature layer; ``mean_evaluator``: the C3D mean clip
+    ``frame_indices``: the frames per video used by frame FID; ``size``: the evaluator input [H, W] (FVD: resize to
+    cover + centre crop, as the real clips, :func:`ff_lightning.metrics.i3d.preprocess_i3d`; the others: direct
+    resize); ``splits``: Inception Score chunks; ``features``: FVD feature layer; ``mean_evaluator``: the C3D mean clip
     (missing -> per-channel mean, recorded).
     """
 

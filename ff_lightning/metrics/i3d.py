@@ -12,11 +12,24 @@ Outputs (:meth:`I3D.features`): ``pool``, the 1024-d average-pooled ``Mixed_5c``
 400-d pre-softmax output (the FVD feature of the original TF-Hub implementation). With 16 frames at 224x224 the
 2x7x7 pool covers the whole final map; for smaller test inputs the pool window shrinks to the map (global average).
 
-Preprocessing (:func:`preprocess_i3d`): the first 16 frames, each resized directly to 224x224 (bilinear,
-``align_corners=False``, no antialiasing, no crop), values in [-1, 1] (clamped), layout ``(B, 3, T, H, W)``.
+Preprocessing (:func:`preprocess_i3d`), the one function both sides of an FVD go through (generated videos in the
+runner, real clips in :mod:`ff_lightning.evaluation.reference`): the first 16 frames; 8-bit quantisation (StyleGAN-V
+computes FVD on uint8 videos); the real clips' resize + centre crop
+(:func:`ff_lightning.data.transforms.resize_crop`: shorter side scaled to 224, antialiased bilinear, centred
+224x224 crop; nothing to do for 224x224 input); 8-bit quantisation again; values ``v / 127.5 - 1`` in [-1, 1];
+layout ``(B, 3, T, 224, 224)``. Real clips reach the evaluator already resized and cropped by that same function
+from their decoded uint8 frames, so the same frames given as real and as generated (at their native size) give
+identical I3D input (checked in ``tests/test_metrics_networks.py``).
 
-:class:`I3DTorchScript` wraps StyleGAN-V's TorchScript detector (``"i3d_torchscript"``), called the way its FVD code
-calls it (``rescale=False, resize=False, return_features=True`` on [-1, 1] input), returning its 400-d features.
+The protocol this implements, named ``"stylegan-v-8bit-crop"`` in :data:`FVD_PROTOCOL`: StyleGAN-V's FVD (uint8
+frames, the first 16, I3D Kinetics-400 400-d features, Fréchet distance), except that frames of another size are
+resized to cover 224x224 and centre-cropped, the same way for real and generated videos, where StyleGAN-V's
+detector resizes (stretches) to 224x224 inside the network (its datasets are square, where the two agree up to
+the interpolation filter).
+
+:class:`I3DTorchScript` wraps StyleGAN-V's TorchScript detector (``"i3d_torchscript"``): it is given the
+preprocessed 224x224 [-1, 1] clips with ``rescale=False, resize=False, return_features=True``, so the detector
+changes nothing before its first layer; it returns its 400-d features.
 """
 
 from __future__ import annotations
@@ -30,10 +43,15 @@ from torch import nn
 
 from ff_lightning.metrics.weights import resolve_weights
 
-__all__ = ["I3D", "I3DTorchScript", "load_i3d", "load_i3d_torchscript", "preprocess_i3d"]
+__all__ = ["FVD_PROTOCOL", "I3D", "I3DTorchScript", "load_i3d", "load_i3d_torchscript", "preprocess_i3d"]
 
 N_FRAMES = 16
 SIZE = 224
+#: what :func:`preprocess_i3d` does, recorded with every FVD (see the module docstring)
+FVD_PROTOCOL = (
+    "stylegan-v-8bit-crop: first 16 frames, 8-bit quantised, shorter side resized to 224 (antialiased bilinear) "
+    "and centre-cropped to 224x224 (the real clips' transform), quantised again, [-1, 1]; I3D Kinetics-400 features"
+)
 
 
 def _same_pad(size: int, kernel: int, stride: int) -> tuple[int, int]:
@@ -158,17 +176,29 @@ class I3D(nn.Module):
         return self.features(x)["logits"]
 
 
+def _to_uint8_levels(x: torch.Tensor) -> torch.Tensor:
+    """[-1, 1] -> the nearest of the 256 levels ``0..255`` (float32), as an 8-bit video stores it."""
+    return ((x.float() + 1.0) * 127.5).round_().clamp_(0.0, 255.0)
+
+
 def preprocess_i3d(video: torch.Tensor, num_frames: int = N_FRAMES, size: int = SIZE) -> torch.Tensor:
-    """Videos ``(B, T, 3, H, W)`` in [-1, 1] -> I3D input ``(B, 3, num_frames, size, size)`` (first frames, resized)."""
+    """Videos ``(B, T, 3, H, W)`` in [-1, 1] -> I3D input ``(B, 3, num_frames, size, size)`` in [-1, 1].
+
+    First ``num_frames`` frames, 8-bit quantised, resized to cover ``size`` x ``size`` and centre-cropped with the
+    real clips' :func:`~ff_lightning.data.transforms.resize_crop`, quantised again (see the module docstring).
+    """
+    from ff_lightning.data.transforms import resize_crop
+
     if video.ndim != 5 or video.shape[2] != 3:
         raise ValueError(f"expected RGB videos (B, T, 3, H, W), got shape {tuple(video.shape)}")
     b, t, _, h, w = video.shape
     if t < num_frames:
         raise ValueError(f"I3D/FVD needs {num_frames} frames, got {t}")
-    x = video[:, :num_frames].float().clamp(-1.0, 1.0).reshape(b * num_frames, 3, h, w)
+    x = _to_uint8_levels(video[:, :num_frames].reshape(b * num_frames, 3, h, w))
     if (h, w) != (size, size):
-        x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
-    return x.view(b, num_frames, 3, size, size).permute(0, 2, 1, 3, 4).contiguous()
+        x = resize_crop(x, (size, size))[0].round_().clamp_(0.0, 255.0)
+    x = x / 127.5 - 1.0
+    return x.reshape(b, num_frames, 3, size, size).permute(0, 2, 1, 3, 4).contiguous()
 
 
 def load_i3d(path: str | os.PathLike[str] | None = None, num_classes: int = 400) -> I3D:
@@ -192,7 +222,10 @@ def load_i3d(path: str | os.PathLike[str] | None = None, num_classes: int = 400)
 
 
 class I3DTorchScript(nn.Module):
-    """StyleGAN-V's TorchScript I3D detector: clips ``(B, 3, T, 224, 224)`` in [-1, 1] -> features ``(B, 400)``."""
+    """StyleGAN-V's TorchScript I3D detector: preprocessed clips ``(B, 3, T, 224, 224)`` in [-1, 1] -> ``(B, 400)``.
+
+    Called with ``rescale=False, resize=False`` because :func:`preprocess_i3d` already did both (on 8-bit frames).
+    """
 
     def __init__(self, module: torch.jit.ScriptModule) -> None:
         super().__init__()
