@@ -12,9 +12,7 @@ import logging
 import sys
 from collections.abc import Callable, Sequence
 
-from ff_lightning.config import ConfigError
-from ff_lightning.interop.movq import CheckpointError
-from ff_lightning.registry import UnknownChoiceError
+from ff_lightning.cli_errors import known_error_message
 
 __all__ = ["main", "build_parser"]
 
@@ -176,28 +174,37 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _setup_logging(verbose: bool) -> None:
+    """One root handler; log lines are printed once.
+
+    ``import lightning`` adds its own console handler to the ``lightning`` logger while leaving it propagating to the
+    root logger, so every Lightning line ("Seed set to 0", "GPU available", ...) was printed twice, once per handler.
+    Lightning's logger stops propagating here (its own handler prints each of its lines once); the setting holds for
+    the logger object Lightning configures later, when it is imported.
+    """
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(levelname)s %(message)s")
+    logging.getLogger("lightning").propagate = False
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(message)s")
+    _setup_logging(args.verbose)
     fn: Callable[[argparse.Namespace], int] | None = getattr(args, "fn", None)
     if fn is None:
         parser.print_help()
         return 0
     try:
         return fn(args)
-    except (ConfigError, UnknownChoiceError) as e:
-        print(f"ff {args.command}: error: {e}", file=sys.stderr)
-        return 2
-    except FileNotFoundError as e:
-        print(f"ff {args.command}: error: {e}", file=sys.stderr)
-        return 2
-    except CheckpointError as e:  # e.g. a checkpoint that would need arbitrary code to load
-        print(f"ff {args.command}: error: {e}", file=sys.stderr)
-        return 2
     except FloatingPointError as e:  # a non-finite loss: the notes say where and which checkpoint was saved
         print(f"ff {args.command}: error: {e}", *getattr(e, "__notes__", []), sep="\n  ", file=sys.stderr)
         return 1
+    except Exception as e:  # known error classes (ff_lightning.cli_errors): one line with the fix, exit 2
+        message = known_error_message(e)
+        if message is None:
+            raise
+        print(f"ff {args.command}: error: {message}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -1,0 +1,96 @@
+"""One place that turns the project's known error classes into one-line ``ff`` messages (exit status 2).
+
+:func:`known_error_message` recognises an exception by the qualified names of the classes along its MRO, so this
+module imports none of the modules that define them (``ff --help`` stays free of torch): an exception of one of those
+classes can only exist once its module was imported. Anything not recognised returns ``None`` and keeps its traceback
+(a bug to report, not a usage problem).
+"""
+
+from __future__ import annotations
+
+import errno
+import pickle
+from pathlib import Path
+from types import TracebackType
+
+__all__ = ["known_error_message", "KNOWN_ERRORS"]
+
+#: qualified class name -> the fix appended to the exception's own message ("" when the message already says it)
+KNOWN_ERRORS: dict[str, str] = {
+    "ff_lightning.config.ConfigError": "",
+    "ff_lightning.registry.UnknownChoiceError": "",
+    # CheckpointError covers checkpoints.UnsafeCheckpointError (pickle refusal) and truncated / unreadable files
+    "ff_lightning.interop.movq.CheckpointError": "",
+    "ff_lightning.checkpoints.CheckpointError": "",
+    "ff_lightning.data.base.NoUsableSamplesError": (
+        "fix: point data.root / data.annotations at the dataset (see `ff train CONFIG --print-config`) or replace "
+        "the unusable files"
+    ),
+    "ff_lightning.metrics.weights.WeightsChecksumError": (
+        "fix: replace the file with the released one named by Source (or pass the right file's path)"
+    ),
+    "ff_lightning.metrics.weights.WeightsUnavailable": "",
+    "ff_lightning.evaluation.protocol.ProtocolError": "",
+    "ff_lightning.evaluation.generators.GeneratorUnavailable": "",
+    "ff_lightning.evaluation.samples.SampleStoreMismatch": "",
+}
+
+_NO_SPACE = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
+
+
+def _qualnames(exc: BaseException) -> list[str]:
+    return [f"{c.__module__}.{c.__qualname__}" for c in type(exc).__mro__]
+
+
+def _one_line(text: str) -> str:
+    """``text`` without a DataLoader worker's re-raised traceback (its last line is the original message)."""
+    if "Original Traceback" in text:
+        last = [line for line in text.strip().splitlines() if line.strip()][-1]
+        head, sep, rest = last.partition(": ")
+        return rest if sep and "." in head and " " not in head else last
+    return text.strip()
+
+
+def _torch_load_file(exc: BaseException) -> str | None:
+    """The file ``torch.load`` was reading when ``exc`` was raised (a truncated or corrupt checkpoint), else None."""
+    if not isinstance(exc, (RuntimeError, EOFError, pickle.UnpicklingError)):
+        return None
+    tb: TracebackType | None = exc.__traceback__
+    found = None
+    while tb is not None:
+        code = tb.tb_frame.f_code
+        if code.co_name == "load" and Path(code.co_filename).parts[-2:] == ("torch", "serialization.py"):
+            f = tb.tb_frame.f_locals.get("f")
+            found = str(f) if isinstance(f, (str, Path)) else getattr(f, "name", None) or "a checkpoint file"
+        tb = tb.tb_next
+    return found
+
+
+def known_error_message(exc: BaseException) -> str | None:
+    """The message to print for ``exc`` (without the ``ff CMD: error:`` prefix), or ``None`` if it is not known.
+
+    Known: the classes of :data:`KNOWN_ERRORS` (and their subclasses), ``FileNotFoundError``, ``OSError`` with
+    errno ``ENOSPC`` / ``EDQUOT`` (disk full), and the errors ``torch.load`` raises on a truncated or corrupt file
+    (recognised by its frame in the traceback, which also names the file). A config error may list several problems, one per line.
+    """
+    if isinstance(exc, OSError) and exc.errno in _NO_SPACE:
+        where = f" writing {exc.filename}" if exc.filename else ""
+        return (
+            f"no space left on device{where} ({exc.strerror or exc}); fix: free disk space or point run.output_dir / "
+            "FF_CACHE_DIR at a disk with room, then rerun (resume=auto continues from the last checkpoint)"
+        )
+    ckpt = _torch_load_file(exc)
+    if ckpt is not None:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        return (
+            f"{ckpt} is truncated or not a PyTorch checkpoint ({first[:120]}); fix: use an intact copy (resume=auto "
+            "picks the newest checkpoint; delete the broken one) or save the file again"
+        )
+    for name in _qualnames(exc):
+        if name in KNOWN_ERRORS:
+            message = _one_line(str(exc))
+            fix = KNOWN_ERRORS[name]
+            return f"{message}; {fix}" if fix else message
+    if isinstance(exc, FileNotFoundError):
+        return _one_line(str(exc))
+    return None
