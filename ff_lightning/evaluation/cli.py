@@ -169,17 +169,15 @@ def _guarded(fn: Any) -> Any:
     """Run ``fn(args)``; input problems print ``ff eval: error: ...`` and return 2."""
 
     def run(args: argparse.Namespace) -> int:
-        from ff_lightning.evaluation.generators import GeneratorUnavailable
-        from ff_lightning.evaluation.protocol import ProtocolError
-        from ff_lightning.evaluation.samples import SampleStoreMismatch
-        from ff_lightning.metrics.weights import WeightsChecksumError
-        from ff_lightning.registry import UnknownChoiceError
+        from ff_lightning.cli_errors import known_error_message
 
         try:
             return fn(args)
-        except (ProtocolError, GeneratorUnavailable, SampleStoreMismatch, WeightsChecksumError, UnknownChoiceError,
-                FileNotFoundError, ValueError) as e:
-            print(f"ff eval: error: {e}", file=sys.stderr)
+        except Exception as e:  # the known error classes of ff_lightning.cli_errors, and value errors of the inputs
+            message = known_error_message(e) or (str(e) if isinstance(e, ValueError) else None)
+            if message is None:
+                raise
+            print(f"ff eval: error: {message}", file=sys.stderr)
             return 2
 
     return run
@@ -260,6 +258,7 @@ def main(argv: list[str] | None = None) -> int:
     add_eval_parser(sub)
     args = parser.parse_args(["eval", *(argv if argv is not None else sys.argv[1:])])
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    logging.getLogger("lightning").propagate = False  # Lightning adds its own console handler: print lines once
     return int(args.fn(args))
 
 
