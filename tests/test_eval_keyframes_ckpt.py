@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from test_eval_runners import TinyC3D, TinyClip, TinyI3D, _script
+from test_eval_runners import TinyC3D, TinyClip, TinyI3D, _script, pin_files
 
 from ff_lightning.cli import main
 
@@ -73,7 +73,8 @@ def _result(out: Path) -> tuple[Path, dict[str, Any]]:
 
 
 def test_ucf101_from_a_keyframe_checkpoint_is_resumable(keyframe_ckpt: dict[str, Any], tmp_path: Path,
-                                                        capsys: pytest.CaptureFixture[str]) -> None:
+                                                        capsys: pytest.CaptureFixture[str],
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     from ff_lightning.ablate import _load_checkpoint, _read_checkpoint
     from ff_lightning.config import compose
     from ff_lightning.data.fixtures import write_ucf_layout
@@ -101,6 +102,7 @@ def test_ucf101_from_a_keyframe_checkpoint_is_resumable(keyframe_ckpt: dict[str,
 
     c3d = _script(TinyC3D(), tmp_path / "c3d.pt", 0)
     i3d = _script(TinyI3D(), tmp_path / "i3d.pt", 1)
+    pin_files(monkeypatch, c3d_ucf101=c3d, i3d_torchscript=i3d)
     argv = [*base, "--c3d", str(c3d), "--i3d", str(i3d)]
     assert main(argv) == 0
     printed = capsys.readouterr().out

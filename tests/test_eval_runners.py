@@ -19,7 +19,7 @@ from ff_lightning.evaluation.results import compare_results, load_result
 from ff_lightning.evaluation.runner import RunOptions
 from ff_lightning.evaluation.tables import render_table1
 from ff_lightning.evaluation.ucf101 import evaluate_ucf101
-from ff_lightning.metrics.weights import WeightsUnavailable
+from ff_lightning.metrics.weights import WeightsChecksumError, WeightsUnavailable
 
 SMALL = ["num_samples=4", "generation.size=[16,16]", "generation.batch_size=2", "uncertainty.n_boot=50",
          "uncertainty.n_boot_distribution=20", "uncertainty.repeats=2"]
@@ -67,14 +67,26 @@ def _sha(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+def pin_files(monkeypatch: pytest.MonkeyPatch, **files: Path) -> None:
+    """Pin test TorchScript files (``name=path``) in ``$FF_WEIGHTS_PINS``: unpinned ones are refused (they run code)."""
+    monkeypatch.setenv("FF_WEIGHTS_PINS", ",".join(f"{name}={_sha(p)}" for name, p in files.items()))
+
+
 @pytest.fixture
 def ucf_root(tmp_path: Path) -> Path:
     return write_ucf_layout(tmp_path / "ucf", classes=("ApplyEyeMakeup", "YoYo"), num_frames=16)
 
 
-def test_ucf101_end_to_end_records_weights_and_flags_a_changed_file(tmp_path: Path, ucf_root: Path) -> None:
+def test_ucf101_end_to_end_records_weights_and_flags_a_changed_file(tmp_path: Path, ucf_root: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     c3d = _script(TinyC3D(), tmp_path / "c3d_tiny.pt", 0)
     i3d = _script(TinyI3D(), tmp_path / "i3d_tiny.pt", 1)
+    # TorchScript files run code when loaded: refused until their hashes are pinned
+    opts0 = RunOptions(out=tmp_path / "run0", data_root=str(ucf_root), progress=False,
+                       weights={"is_c3d": str(c3d), "fvd_i3d": str(i3d)})
+    with pytest.raises(WeightsChecksumError, match="FF_WEIGHTS_PINS=c3d_ucf101="):
+        evaluate_ucf101("test_noise", overrides=SMALL, options=opts0)
+    pin_files(monkeypatch, c3d_ucf101=c3d, i3d_torchscript=i3d)
     opts = RunOptions(out=tmp_path / "run", data_root=str(ucf_root), weights={"is_c3d": str(c3d), "fvd_i3d": str(i3d)},
                       progress=False)
     out = evaluate_ucf101("test_noise", overrides=SMALL, options=opts)
@@ -86,7 +98,7 @@ def test_ucf101_end_to_end_records_weights_and_flags_a_changed_file(tmp_path: Pa
     assert r["seed"] == 0 and r["num_samples"] == 4 and r["generator"]["name"] == "test_noise"
     assert r["prompts"]["class_names"].endswith("classInd.txt")
     w_is, w_fvd = r["evaluators"]["is"]["weights"][0], r["evaluators"]["fvd"]["weights"][0]
-    assert w_is["sha256"] == _sha(c3d) and w_is["pinned"] is False and w_is["changed"] is False
+    assert w_is["sha256"] == _sha(c3d) and w_is["pinned"] is True and w_is["changed"] is False
     assert w_fvd["sha256"] == _sha(i3d) and r["evaluators"]["fvd"]["evaluator"] == "i3d_torchscript"
     assert "approximation" in r["evaluators"]["is"]["details"]["mean"]  # no mean2.npz: per-channel mean, recorded
     for m in ("is", "fvd"):
@@ -98,9 +110,13 @@ def test_ucf101_end_to_end_records_weights_and_flags_a_changed_file(tmp_path: Pa
     assert r["timestamps"]["started"] and r["timestamps"]["finished"] and r["package"]["ff_lightning"]
     assert r["samples"]["generated"] == 4 and r["samples"]["generator_calls"] == 2
 
-    # the C3D file changes in place: the ledger flags it; samples and real statistics are reused
+    # the C3D file changes in place: refused under the old pin; re-pinned, the ledger flags it; samples and real
+    # statistics are reused
     _script(TinyC3D(), c3d, 7)
     opts.run_name = "after_change"
+    with pytest.raises(WeightsChecksumError, match="pinned in"):
+        evaluate_ucf101("test_noise", overrides=SMALL, options=opts)
+    pin_files(monkeypatch, c3d_ucf101=c3d, i3d_torchscript=i3d)
     with pytest.warns(UserWarning, match="changed since first use"):
         out2 = evaluate_ucf101("test_noise", overrides=SMALL, options=opts)
     r2 = json.loads(out2.path.read_text())
@@ -111,7 +127,8 @@ def test_ucf101_end_to_end_records_weights_and_flags_a_changed_file(tmp_path: Pa
 
 
 def test_missing_weights_fail_before_generation_unless_optional(tmp_path: Path, ucf_root: Path,
-                                                                capsys: pytest.CaptureFixture[str]) -> None:
+                                                                capsys: pytest.CaptureFixture[str],
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
     opts = RunOptions(out=tmp_path / "run", data_root=str(ucf_root), progress=False)
     with pytest.raises(WeightsUnavailable) as e:
         evaluate_ucf101("test_noise", overrides=SMALL, options=opts)
@@ -129,6 +146,7 @@ def test_missing_weights_fail_before_generation_unless_optional(tmp_path: Path, 
 
     # optional evaluators: the metric is reported unavailable with the reason, the others are computed
     i3d = _script(TinyI3D(), tmp_path / "i3d.pt", 1)
+    pin_files(monkeypatch, i3d_torchscript=i3d)
     opts.weights = {"fvd_i3d": str(i3d)}
     out = evaluate_ucf101("test_noise", overrides=[*SMALL, "metrics.is.optional=true"], options=opts)
     m = out.record["metrics"]

@@ -129,3 +129,49 @@ def test_benchmark_evaluator_entries_live_in_the_weights_table(tmp_path: Path) -
     f = _write(tmp_path / "w" / "open_clip_pytorch_model.bin", b"clip state dict")
     info = W.resolve_weights("clip_vit_b32_openai_hf", f.parent)
     assert info.sha256 == hashlib.sha256(b"clip state dict").hexdigest() and not info.pinned
+
+
+def _ledger_refused() -> list[dict[str, object]]:
+    lp = W.ledger_path()
+    return json.loads(lp.read_text()).get("refused", []) if lp.is_file() else []
+
+
+def test_refused_files_are_recorded_in_the_ledger_with_their_hash(tmp_path: Path) -> None:
+    fake = _write(tmp_path / "x" / "default_1.pt", b"not an inception")
+    with pytest.raises(W.WeightsChecksumError):
+        W.resolve_weights("inception_fid", fake)
+    (rec,) = _ledger_refused()
+    assert rec["name"] == "inception_fid" and rec["path"] == str(fake.resolve())
+    assert rec["sha256"] == hashlib.sha256(b"not an inception").hexdigest()
+    assert rec["expected"] == W.KNOWN_WEIGHTS["inception_fid"].sha256
+
+
+def test_code_running_files_need_a_pin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A TorchScript detector is loaded only with a pinned hash; the refusal names the hash and how to pin it."""
+    import torch
+
+    from ff_lightning.metrics.i3d import load_i3d_torchscript
+
+    class Det(torch.nn.Module):
+        def forward(self, x: torch.Tensor, rescale: bool = False, resize: bool = False,
+                    return_features: bool = True) -> torch.Tensor:
+            return x.mean(dim=(2, 3, 4))
+
+    f = tmp_path / "i3d_torchscript.pt"
+    torch.jit.script(Det()).save(str(f))
+    digest = hashlib.sha256(f.read_bytes()).hexdigest()
+    with pytest.raises(W.WeightsChecksumError, match=f"FF_WEIGHTS_PINS=i3d_torchscript={digest}"):
+        load_i3d_torchscript(f)
+    (rec,) = _ledger_refused()
+    assert rec["sha256"] == digest and rec["expected"] is None and "torch.jit.load" in str(rec["reason"])
+    monkeypatch.setenv("FF_WEIGHTS_PINS", f"i3d_torchscript={digest}")
+    det = load_i3d_torchscript(f)
+    assert det.weights_info[0]["pinned"] is True
+    assert det(torch.ones(1, 3, 2, 4, 4)).tolist() == [[1.0, 1.0, 1.0]]
+    monkeypatch.setenv("FF_WEIGHTS_PINS", f"i3d_torchscript={'0' * 64}")
+    with pytest.raises(W.WeightsChecksumError, match="pinned in"):
+        load_i3d_torchscript(f)
+    assert [r["expected"] for r in _ledger_refused()] == [None, "0" * 64]
+    monkeypatch.setenv("FF_WEIGHTS_PINS", "i3d_torchscript=abc")
+    with pytest.raises(ValueError, match="64 hex digits"):
+        W.resolve_weights("i3d_torchscript", f)

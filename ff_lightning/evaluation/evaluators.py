@@ -49,6 +49,7 @@ from ff_lightning.metrics.weights import (
     KNOWN_WEIGHTS,
     WeightsInfo,
     WeightsUnavailable,
+    require_pinned,
     resolve_weights,
 )
 
@@ -199,6 +200,7 @@ def _load_c3d(info: WeightsInfo, device: torch.device) -> nn.Module:
     from ff_lightning.metrics.c3d import load_c3d
 
     if is_torchscript(info.path):
+        require_pinned(info, "torch.jit.load")
         return torch.jit.load(str(info.path), map_location=device).eval()
     return load_c3d(info.path).to(device)
 
@@ -240,6 +242,7 @@ def _i3d(spec: Any, path: str | None, hook: Any, device: torch.device) -> Evalua
     if hook is not None:
         model = hook(info)
     elif scripted:
+        require_pinned(info, "torch.jit.load")
         model = I3DTorchScript(torch.jit.load(str(info.path), map_location=device)).eval()
     else:
         model = load_i3d(info.path).to(device)
@@ -286,6 +289,8 @@ def _clip(spec: Any, path: str | None, hook: Any, device: torch.device) -> Evalu
     from ff_lightning.metrics.functional import clip_similarity
 
     info = _resolve(spec.evaluator, path)
+    if hook is None and is_torchscript(info.path):
+        require_pinned(info, "open_clip (TorchScript archive, weights_only=False)")
     scorer: ClipScorer = hook(info) if hook is not None else OpenClipScorer(info.path, device)
     n = spec.num_frames
 

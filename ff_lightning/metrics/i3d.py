@@ -41,7 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ff_lightning.metrics.weights import resolve_weights
+from ff_lightning.metrics.weights import require_pinned, resolve_weights
 
 __all__ = ["FVD_PROTOCOL", "I3D", "I3DTorchScript", "load_i3d", "load_i3d_torchscript", "preprocess_i3d"]
 
@@ -237,8 +237,10 @@ class I3DTorchScript(nn.Module):
 
 
 def load_i3d_torchscript(path: str | os.PathLike[str] | None = None) -> I3DTorchScript:
-    """Load the TorchScript detector from a local file resolved as ``"i3d_torchscript"``."""
+    """Load the TorchScript detector from a local file resolved as ``"i3d_torchscript"`` (its sha256 must be pinned:
+    :func:`~ff_lightning.metrics.weights.require_pinned`)."""
     info = resolve_weights("i3d_torchscript", path)
+    require_pinned(info, "torch.jit.load")
     wrapper = I3DTorchScript(torch.jit.load(str(info.path), map_location="cpu"))
     wrapper.weights_info = [info.as_dict()]
     return wrapper.eval().requires_grad_(False)

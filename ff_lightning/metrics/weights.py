@@ -20,6 +20,14 @@ in a JSON ledger, ``$FF_CACHE_DIR/weights_ledger.json`` (written atomically); a 
 that sees a different hash logs a warning and returns ``changed=True`` (the first recorded hash stays the reference,
 so every result computed with the changed file is flagged until the ledger entry is removed with
 :func:`forget_weights`). Every result that depends on an evaluator network should carry :meth:`WeightsInfo.as_dict`.
+
+Files whose loading runs code from the file (TorchScript archives read with :func:`torch.jit.load`, and pickles read
+without ``weights_only``, e.g. OpenAI's CLIP archive through open_clip) are loaded only when their SHA-256 is pinned
+(:func:`require_pinned`): by the table, or, for files whose published hash is not known here (StyleGAN-V's
+``i3d_torchscript.pt``, a TorchScript C3D or CLIP file), by the user in ``$FF_WEIGHTS_PINS``
+(``name=sha256[,name=sha256...]``, after checking the file against its source). A user pin is checked like a table
+pin and the file is still recorded in the ledger. Every refusal (pin mismatch, unpinned code-running file) is
+recorded in the ledger's ``refused`` list with the refused file's hash.
 """
 
 from __future__ import annotations
@@ -49,9 +57,11 @@ __all__ = [
     "cache_dir",
     "forget_weights",
     "ledger_path",
+    "require_pinned",
     "resolve_weights",
     "search_dirs",
     "sha256_file",
+    "user_pins",
     "weights_dir",
 ]
 
@@ -59,7 +69,9 @@ log = logging.getLogger(__name__)
 
 ENV_WEIGHTS_DIR = "FF_WEIGHTS_DIR"
 ENV_CACHE_DIR = "FF_CACHE_DIR"
+ENV_PINS = "FF_WEIGHTS_PINS"
 LEDGER_NAME = "weights_ledger.json"
+MAX_REFUSED = 200  # refusals kept in the ledger (oldest dropped)
 
 
 class WeightsUnavailable(FileNotFoundError):
@@ -335,6 +347,52 @@ def _record(name: str, path: Path, digest: str) -> bool:
     return True
 
 
+def _record_refusal(name: str, path: Path, digest: str, expected: str | None, reason: str) -> None:
+    """Append a refusal (the refused file's hash, what was expected, why) to the ledger's ``refused`` list."""
+    lp = ledger_path()
+    try:
+        data = _read_ledger(lp)
+        refused = data.setdefault("refused", [])
+        refused.append({"name": name, "path": str(path), "sha256": digest, "expected": expected, "reason": reason,
+                        "when": datetime.now(UTC).isoformat(timespec="seconds")})
+        data["refused"] = refused[-MAX_REFUSED:]
+        _write_ledger(lp, data)
+    except (OSError, ValueError) as e:  # the refusal itself must still be raised
+        log.warning("could not record the refused weights %s (%s) in %s: %s", name, digest, lp, e)
+
+
+def user_pins() -> dict[str, str]:
+    """Pins from ``$FF_WEIGHTS_PINS`` (``name=sha256,name=sha256``); a malformed item is a one-line error."""
+    raw = os.environ.get(ENV_PINS, "").strip()
+    pins: dict[str, str] = {}
+    for item in filter(None, (part.strip() for part in raw.split(","))):
+        name, sep, digest = item.partition("=")
+        digest = digest.strip().lower()
+        if not sep or len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
+            raise ValueError(f"${ENV_PINS}: {item!r} is not name=<64 hex digits>; e.g. i3d_torchscript=<sha256>")
+        pins[name.strip()] = digest
+    return pins
+
+
+def require_pinned(info: WeightsInfo, loader: str) -> None:
+    """Refuse to run ``loader`` (e.g. ``"torch.jit.load"``) on a file whose SHA-256 is not pinned.
+
+    Loading a TorchScript archive or a full pickle executes code from the file, so such files need a pinned hash (the
+    table's, or the user's in ``$FF_WEIGHTS_PINS``). The refusal is recorded in the ledger with the file's hash.
+
+    Raises:
+        WeightsChecksumError: the file is not pinned (the message gives its hash and how to pin it).
+    """
+    if info.pinned:
+        return
+    _record_refusal(info.name, info.path, info.sha256, None, f"not pinned; {loader} runs code from the file")
+    raise WeightsChecksumError(
+        f"weights {info.name!r} at {info.path} would be loaded with {loader}, which runs code from the file, and no "
+        f"sha256 is pinned for it; check the file against its source ({info.source}) and pin it: "
+        f"{ENV_PINS}={info.name}={info.sha256}"
+    )
+
+
 def forget_weights(name: str, path: str | os.PathLike[str] | None = None) -> int:
     """Drop ledger entries for ``name`` (one path or all); returns how many were removed."""
     lp = ledger_path()
@@ -387,15 +445,25 @@ def resolve_weights(name: str, path: str | os.PathLike[str] | None = None) -> We
     digest = sha256_file(p)
     if entry.sha256 is not None:
         if digest != entry.sha256:
+            _record_refusal(name, p, digest, entry.sha256, "sha256 differs from the table's pin")
             raise WeightsChecksumError(
                 f"weights {name!r} at {p}: sha256 mismatch, expected {entry.sha256} (pinned), got {digest}. "
                 f"Source: {entry.source}"
             )
         return WeightsInfo(name=name, path=p, sha256=digest, pinned=True, changed=False, source=entry.source)
     if entry.sha256_prefix is not None and not digest.startswith(entry.sha256_prefix):
+        _record_refusal(name, p, digest, entry.sha256_prefix, "sha256 differs from the table's pinned prefix")
         raise WeightsChecksumError(
             f"weights {name!r} at {p}: sha256 mismatch, expected a hash starting with {entry.sha256_prefix} "
             f"(pinned prefix), got {digest}. Source: {entry.source}"
         )
+    pin = user_pins().get(name)
+    if pin is not None and digest != pin:
+        _record_refusal(name, p, digest, pin, f"sha256 differs from the pin in ${ENV_PINS}")
+        raise WeightsChecksumError(
+            f"weights {name!r} at {p}: sha256 mismatch, expected {pin} (pinned in ${ENV_PINS}), got {digest}; "
+            f"replace the file or the pin"
+        )
     changed = _record(name, p, digest)
-    return WeightsInfo(name=name, path=p, sha256=digest, pinned=False, changed=changed, source=entry.source)
+    return WeightsInfo(name=name, path=p, sha256=digest, pinned=pin is not None, changed=changed,
+                       source=entry.source)
