@@ -179,3 +179,64 @@ def test_concat_conditions_pads_and_masks() -> None:
     assert ctx.shape == (3, 5, 4) and mask is not None and mask.shape == (3, 5)
     assert mask[:2, :3].all() and not mask[:2, 3:].any() and ctx[:2, 3:].abs().sum() == 0
     assert mask[2].tolist() == [True, False, False, False, False]
+
+
+# ------------------------------------------------------------------------------- spacings vs an exact denoiser
+_TRAIN = NoiseSchedule.cosine(1000)
+_POINTS = torch.tensor([[-1.0, 0.5], [1.0, -0.5], [0.2, 1.2]], dtype=torch.float64)  # the data: 3 points in 2-D
+
+
+def _training_oracle(points: torch.Tensor, kind: str):
+    """The exact minimiser of the training loss on data uniform over ``points`` ``(K, D)``: the posterior mean of x0
+    given ``x_t`` at the *training* schedule's noise level of the time value fed, as eps or v."""
+
+    def denoise(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        ab = _TRAIN.alpha_bar(t.round().long()).to(x.dtype).view(-1, 1)
+        dist = ((x[:, None, :] - ab.sqrt()[:, None] * points[None]) ** 2).sum(-1)  # N K
+        x0 = torch.softmax(-dist / (2 * (1 - ab)), dim=1) @ points
+        eps = (x - ab.sqrt() * x0) / (1 - ab).sqrt()
+        return eps if kind == "eps" else ab.sqrt() * eps - (1 - ab).sqrt() * x0
+
+    return denoise
+
+
+def _miss(spacing: str, steps: int, method: str, kind: str, points: torch.Tensor) -> torch.Tensor:
+    """Distance of 256 samples ``(256,)`` to the nearest data point."""
+    sched = SamplingSchedule.build(spacing, steps, _TRAIN)
+    out = sample(
+        _training_oracle(points, kind), (256, 2), sched, method=method, prediction=kind, threshold=None,
+        dtype=torch.float64, generator=torch.Generator().manual_seed(0),
+    )  # fmt: skip
+    return torch.cdist(out, points).min(dim=1).values
+
+
+@pytest.mark.parametrize("steps", [10, 20])
+@pytest.mark.parametrize("method,kind", [("ddim", "eps"), ("ddim", "v"), ("ddpm", "eps"), ("ddpm", "v")])
+def test_consistent_spacings_reach_the_data_with_an_exact_denoiser(steps: int, method: str, kind: str) -> None:
+    # subsample (the default) ends at training step 0: every sample lands on a data point
+    assert _miss("subsample", steps, method, kind, _POINTS).max() < 1e-6
+    # trailing ends at step N / n - 1 (99 at 10 steps): exact for one point; for a mixture its last x0 is the
+    # posterior mean there, exact except for the few samples still between two points
+    assert _miss("trailing", steps, method, kind, _POINTS[:1]).max() < 1e-6
+    mixture = _miss("trailing", steps, method, kind, _POINTS)
+    assert mixture.median() < 1e-6 and (mixture < 1e-3).float().mean() >= 0.9
+
+
+@pytest.mark.parametrize("method,kind", [("ddim", "eps"), ("ddim", "v"), ("ddpm", "eps"), ("ddpm", "v")])
+def test_release_spacing_misses_the_data_at_few_steps(method: str, kind: str) -> None:
+    # the documented release behaviour: its noise levels are the trailing ones ...
+    for n in (10, 20, 50):
+        release, trailing = SamplingSchedule.release(n, 1000), SamplingSchedule.trailing(_TRAIN, n)
+        assert torch.allclose(release.alphas_cumprod[:-1], trailing.alphas_cumprod[:-1], rtol=1e-9)
+        # ... but the model is fed one sampling interval less noise (minus one training step)
+        assert torch.equal(trailing.model_times - release.model_times, torch.full((n,), 1000 / n - 1).double())
+    # so even an exact denoiser of one data point misses it, less and less as the steps get finer
+    point = _POINTS[:1]
+    miss = {n: float(_miss("release", n, method, kind, point).mean()) for n in (10, 20, 50)}
+    assert miss[10] > miss[20] > miss[50] > 0.05
+    assert miss[20] > 0.2  # 20 sampling steps: farther than a fifth of the point's norm (~0.76) on average
+
+
+def test_unknown_spacing_is_refused() -> None:
+    with pytest.raises(ValueError, match="valid choices: subsample, trailing, release"):
+        SamplingSchedule.build("leading", 10, _TRAIN)

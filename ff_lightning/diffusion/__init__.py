@@ -34,6 +34,7 @@ from ff_lightning.diffusion.parameterization import (
 )
 from ff_lightning.diffusion.samplers import (
     SAMPLERS,
+    SPACINGS,
     SamplingSchedule,
     ddim_step,
     ddpm_step,
@@ -64,6 +65,7 @@ __all__ = [
     "concat_conditions",
     "guided_denoiser",
     "SAMPLERS",
+    "SPACINGS",
     "SamplingSchedule",
     "quantile_rows",
     "dynamic_threshold",

@@ -1,14 +1,19 @@
 """Samplers: the release's ancestral DDPM sampler with dynamic thresholding, and DDIM.
 
 A :class:`SamplingSchedule` is the list of sampling steps: ``alphas_cumprod[i]`` and the time value fed to the model
-at step ``i`` (step 0 is the least noisy). Two ways to build one:
+at step ``i`` (step 0 is the least noisy). Three spacings (:data:`SPACINGS`, :meth:`SamplingSchedule.build`):
 
-- :meth:`SamplingSchedule.release` (Kandinsky 3 / Kandinsky Video): a cosine schedule *built for* ``n`` steps
-  (``n = 50``), the model fed ``i * (train_steps // n)``. Its ``alphas_cumprod[i] = alpha_bar((i + 1) / n)`` is the
-  training schedule's value at step ``(i + 1) * train_steps / n - 1``, not at the time value fed, a small offset the
-  release has (kept for fidelity).
-- :meth:`SamplingSchedule.subsample`: ``n`` steps of the training schedule, evenly spaced over ``[0, N - 1]``, the
-  model fed the step index itself (consistent with training).
+- ``trailing`` (:meth:`SamplingSchedule.trailing`, the default): the training schedule's steps
+  ``(i + 1) * N / n - 1``, the model fed that step index. Its noise levels are the release's (``alpha_bar((i + 1) /
+  n)`` of the cosine schedule, up to the ``max_beta`` clip of the last step), and consistent with training: a model
+  that predicts exactly what it was trained on leads the sampler to the data at any ``n``.
+- ``subsample`` (:meth:`SamplingSchedule.subsample`): ``n`` steps of the training schedule evenly spaced over
+  ``[0, N - 1]`` (both ends), the model fed the step index (consistent with training too).
+- ``release`` (:meth:`SamplingSchedule.release`, Kandinsky 3 / Kandinsky Video, kept for fidelity): a cosine
+  schedule *built for* ``n`` steps, the model fed ``i * (N // n)``. Its ``alphas_cumprod[i] = alpha_bar((i + 1) /
+  n)`` is the training schedule's value at step ``(i + 1) * N / n - 1``, not at the time value fed: the model is told
+  one sampling interval less noise than ``x`` has. At the release's ``n = 50`` the offset is 20 training steps; at
+  ``n = 10`` it is 100, and even an exact denoiser misses the data (tests/test_diffusion_samplers.py measures it).
 
 Each step goes from ``x_t`` (step ``i``) to the previous step ``i - 1`` (``alpha_bar_prev = 1`` after step 0):
 
@@ -48,6 +53,7 @@ from ff_lightning.diffusion.schedule import COSINE_OFFSET, NoiseSchedule, cosine
 
 __all__ = [
     "SAMPLERS",
+    "SPACINGS",
     "SamplingSchedule",
     "quantile_rows",
     "dynamic_threshold",
@@ -58,6 +64,8 @@ __all__ = [
 
 #: sampler names accepted by :func:`sample`
 SAMPLERS: tuple[str, ...] = ("ddpm", "ddim")
+#: timestep spacings of :meth:`SamplingSchedule.build` (the first is the default)
+SPACINGS: tuple[str, ...] = ("subsample", "trailing", "release")
 
 
 @dataclass(frozen=True)
@@ -98,13 +106,25 @@ class SamplingSchedule:
         return cls(schedule.alphas_cumprod[steps], steps.to(torch.float64))
 
     @classmethod
+    def trailing(cls, schedule: NoiseSchedule, num_steps: int) -> SamplingSchedule:
+        """Steps ``(i + 1) * N / num_steps - 1`` of ``schedule`` (``N - 1`` last), the model fed the step index."""
+        if not 1 <= num_steps <= schedule.num_steps:
+            raise ValueError(f"num_steps must be in [1, {schedule.num_steps}], got {num_steps}")
+        n = schedule.num_steps
+        steps = torch.tensor([round((i + 1) * n / num_steps) - 1 for i in range(num_steps)], dtype=torch.long)
+        return cls(schedule.alphas_cumprod[steps], steps.to(torch.float64))
+
+    @classmethod
     def build(cls, spacing: str, num_steps: int, schedule: NoiseSchedule) -> SamplingSchedule:
-        """``spacing``: ``release`` (cosine schedule built for ``num_steps``) or ``subsample`` (of ``schedule``)."""
+        """``spacing`` (:data:`SPACINGS`): ``trailing`` / ``subsample`` (steps of ``schedule``) or ``release``
+        (a cosine schedule built for ``num_steps``)."""
+        if spacing == "trailing":
+            return cls.trailing(schedule, num_steps)
         if spacing == "release":
             return cls.release(num_steps, schedule.num_steps)
         if spacing == "subsample":
             return cls.subsample(schedule, num_steps)
-        raise ValueError(f"unknown sampling spacing {spacing!r}; valid choices: release, subsample")
+        raise ValueError(f"unknown sampling spacing {spacing!r}; valid choices: {', '.join(SPACINGS)}")
 
     def alpha_bar_prev(self, i: int) -> float:
         """``alphas_cumprod[i - 1]``, 1 before the first step."""
