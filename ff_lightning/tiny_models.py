@@ -270,7 +270,8 @@ def write_untrained_stages(
     common = [f"module.movq_ckpt={movq}", "run.output_dir=" + str(folder / "runs")]
     configs = {
         "keyframes": (EXPERIMENTS / "keyframes" / "base.yaml",
-                      ["module.allow_random_t2i=true", "module.sample_steps=2", f"data.num_frames={num_keyframes}"]),
+                      ["module.allow_random_t2i=true", "module.sample_steps=2", f"data.num_frames={num_keyframes}",
+                       "module.latent_scale=1.0"]),  # untrained: nothing to measure
         "interpolation": (EXPERIMENTS / "interpolation" / "base.yaml",
                           ["module.allow_random_t2i=true", "module.sample_steps=2"]),
         "decoder": (EXPERIMENTS / "decoder" / "base.yaml", []),

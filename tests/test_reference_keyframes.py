@@ -258,7 +258,8 @@ def test_reference_frame_is_reproduced_after_a_short_training(tmp_path: Path) ->
     off) frame 0 matches the reference far better than sampled without a reference."""
     torch.manual_seed(0)
     module = _module(tmp_path, "module.prediction=v", "module.reference_noise_levels=[0,0]",
-                     "module.reference_dropout=0.2", "module.cfg_dropout=0.0", "module.sampler=ddim")  # fmt: skip
+                     "module.reference_dropout=0.2", "module.cfg_dropout=0.0", "module.sampler=ddim",
+                     "module.dynamic_threshold=0.98")  # fmt: skip
     unet = module.unet
     unet.requires_grad_(True)
     opt = torch.optim.Adam(unet.parameters(), lr=5e-3)

@@ -106,7 +106,7 @@ class InterpolationSystemConfig:
     blur_sigma: list[float] = field(default_factory=lambda: [0.3, 1.5])
     # inference
     sampler: str = "ddim"
-    sample_spacing: str = "release"
+    sample_spacing: str = "subsample"  # subsample | trailing | release (the release's; inconsistent at few steps)
     sample_steps: int = 10
     ddim_eta: float = 0.0
     dynamic_threshold: float | None = None

@@ -4,18 +4,26 @@
 optimiser / EMA / checkpoint code the interpolation system shares too) holds what the text-conditioned systems share:
 
 - a frozen image MoVQ (``module.movq_ckpt``; ``allow_random_movq`` for tests) whose un-quantized latents are the
-  diffusion space, multiplied by ``module.latent_scale`` (1.0: the release does not rescale);
+  diffusion space, multiplied by ``module.latent_scale``. Default ``null``: measured once, ``1 / std`` of the latents
+  of up to 256 training frames at the start of training (a keyframe model takes its t2i checkpoint's value), then
+  written into the run's config (``hyper_parameters.config`` of every checkpoint) and the checkpoint itself; 1.0 is
+  the release's (no rescaling: the tiny MoVQ's latents have std ~0.23, so eps errors are amplified in x0);
 - a frozen text encoder (``module.text_encoder``: ``t5`` / ``minilm`` / ``tiny``, see :mod:`ff_lightning.models.text`)
   behind a :class:`~ff_lightning.models.text.TextEmbeddingCache` (in memory, and on disk under
   ``module.text_cache_dir``), then the trainable :class:`~ff_lightning.models.text.TextProjection` to the UNet's
   ``context_dim`` and the learned :class:`~ff_lightning.models.text.NullEmbedding`;
-- the cosine noise schedule of ``module.train_timesteps`` steps, eps- or v-prediction (``module.prediction``), MSE
+- the cosine noise schedule of ``module.train_timesteps`` steps, v- or eps-prediction (``module.prediction``; the
+  default v, the release eps), MSE
   loss on the target, captions replaced by the null prompt with probability ``module.cfg_dropout`` (0.1);
 - optimiser AdamW over the trainable parameters (``optim.*``, linear warmup), optional EMA (``optim.ema_decay``; saved
   by name under ``ema_state_dict`` in checkpoints and swapped in for validation);
 - validation loss at timesteps and noise drawn from a fixed seed per batch (comparable across runs), and TensorBoard
-  samples: a few sampler steps (``module.sampler``, ``sample_steps``, guidance ``guidance_weight``, dynamic
-  thresholding ``dynamic_threshold``) decoded by the MoVQ.
+  samples: a few sampler steps (``module.sampler``, ``sample_steps``, spacing ``sample_spacing``, guidance
+  ``guidance_weight``, dynamic thresholding ``dynamic_threshold``: off by default, the release's 0.98) decoded by
+  the MoVQ.
+
+Release-faithful settings (the Kandinsky 3 / Kandinsky Video recipe): ``module.latent_scale=1.0
+module.prediction=eps module.dynamic_threshold=0.98 module.sample_spacing=release`` (:data:`RELEASE_SETTINGS`).
 
 Neither the frozen MoVQ nor the text encoder is saved in checkpoints (they come from their own files).
 
@@ -41,6 +49,7 @@ from ff_lightning.config import ConfigError
 from ff_lightning.diffusion import (
     PREDICTIONS,
     SAMPLERS,
+    SPACINGS,
     NoiseSchedule,
     SamplingSchedule,
     guided_denoiser,
@@ -56,11 +65,16 @@ from ff_lightning.models.text import (
 from ff_lightning.systems.ema import EMA
 from ff_lightning.systems.frozen_movq import FrozenMoVQDiffusionSystem
 
-__all__ = ["DiffusionSystemConfig", "T2ISystemConfig", "LatentDiffusionSystem", "T2IModule", "build_frozen_movq"]
+__all__ = ["DiffusionSystemConfig", "T2ISystemConfig", "LatentDiffusionSystem", "T2IModule", "build_frozen_movq",
+           "RELEASE_SETTINGS", "SPACINGS", "latent_scale_from"]
 
 log = logging.getLogger(__name__)
 
-SPACINGS = ("release", "subsample")
+#: the release's (Kandinsky 3 / Kandinsky Video) diffusion settings, as ``module.*`` overrides
+RELEASE_SETTINGS: tuple[str, ...] = (
+    "module.latent_scale=1.0", "module.prediction=eps", "module.dynamic_threshold=0.98", "module.sample_spacing=release",
+)  # fmt: skip
+MEASURE_FRAMES = 256  # training frames whose latents give the measured latent_scale
 
 
 @dataclass
@@ -71,7 +85,7 @@ class DiffusionSystemConfig:
     movq_ckpt: str | None = None  # the image MoVQ (required unless allow_random_movq)
     movq_preset: str = "tiny"  # its size preset (paper: MoVQGAN 270M)
     allow_random_movq: bool = False  # tests only: a randomly initialised MoVQ
-    latent_scale: float = 1.0  # latents = scale * movq.encode(x); the release does not rescale
+    latent_scale: float | None = None  # latents = scale * movq.encode(x); None: measured 1 / std; release 1.0
     # text
     text_encoder: str = "tiny"  # t5 | minilm | tiny
     text_encoder_path: str | None = None  # t5: the local Flan-UL2 folder; minilm: default the packaged model
@@ -79,15 +93,15 @@ class DiffusionSystemConfig:
     text_cache_dir: str | None = None  # persist caption embeddings here (None: in memory only)
     cfg_dropout: float = 0.1  # probability of training on the null prompt
     # diffusion
-    prediction: str = "eps"  # eps | v
+    prediction: str = "v"  # v | eps (the release)
     train_timesteps: int = 1000
     # logged samples
     sampler: str = "ddim"  # ddim | ddpm
-    sample_spacing: str = "release"  # release (cosine schedule built for sample_steps) | subsample
+    sample_spacing: str = "subsample"  # subsample | trailing | release (see ff_lightning.diffusion.samplers)
     sample_steps: int = 10
     ddim_eta: float = 0.0
     guidance_weight: float = 5.0
-    dynamic_threshold: float | None = 0.98
+    dynamic_threshold: float | None = None  # the release: 0.98
     negative_prompt: str | None = None  # unconditional branch of guidance (None: the null embedding)
     sample_prompts: list[str] = field(default_factory=list)  # empty: the captions of the batch
     sample_seed: int = 0
@@ -147,6 +161,7 @@ class LatentDiffusionSystem(FrozenMoVQDiffusionSystem):
             raise ConfigError(f"module.text_encoder: {e}") from None
         self.text_cache = TextEmbeddingCache(encoder, m.text_cache_dir)  # not a submodule: never checkpointed
         self.unet = self.build_unet()
+        self._adopt_base_latent_scale()
         context_dim = int(self.unet.config["context_dim"])
         self.text_projection = TextProjection(encoder.dim, context_dim)
         self.null_embedding = NullEmbedding(context_dim)
@@ -171,14 +186,66 @@ class LatentDiffusionSystem(FrozenMoVQDiffusionSystem):
     def text_encoder(self) -> TextEncoder:
         return self.text_cache.encoder
 
+    # ------------------------------------------------------------------------------------------- latent scale
+    def set_latent_scale(self, value: float) -> None:
+        """Fix ``module.latent_scale`` (also in the hyper-parameters that every checkpoint stores)."""
+        self.m.latent_scale = float(value)
+        config = self.hparams.get("config") if hasattr(self, "_hparams") else None
+        if isinstance(config, dict) and isinstance(config.get("module"), dict):
+            config["module"]["latent_scale"] = float(value)
+
+    def _adopt_base_latent_scale(self) -> None:
+        """A model built on a t2i checkpoint (``self._t2i``, see the keyframes system) uses its latent scale."""
+        t2i = getattr(self, "_t2i", None)
+        theirs = ((getattr(t2i, "config", None) or {}).get("module") or {}).get("latent_scale")
+        if theirs is None:
+            return
+        if self.m.latent_scale is None:
+            self.set_latent_scale(float(theirs))
+        elif abs(float(self.m.latent_scale) - float(theirs)) > 1e-9 * abs(float(theirs)):
+            raise ConfigError(
+                f"module.latent_scale={self.m.latent_scale} but module.t2i_ckpt was trained with {theirs}: "
+                "leave module.latent_scale unset (null) to use the checkpoint's"
+            )
+
+    @torch.no_grad()
+    def measure_latent_scale(self, frames: torch.Tensor) -> float:
+        """``1 / std`` of the MoVQ latents of ``frames`` ``(n, 3, H, W)`` (3 significant digits); sets it."""
+        scale = latent_scale_from(self.movq.encode(frames.to(self.device)))
+        self.set_latent_scale(scale)
+        log.info("module.latent_scale measured on %d frames: %s", frames.shape[0], scale)
+        return scale
+
+    def on_train_start(self) -> None:
+        """Measure ``latent_scale`` (when unset) on up to :data:`MEASURE_FRAMES` training frames before step 0."""
+        if self.m.latent_scale is not None:
+            return
+        frames: list[torch.Tensor] = []
+        count = 0
+        for batch in self.trainer.train_dataloader:
+            video = batch["video"]
+            frames.append(rearrange(video, "b t c h w -> (b t) c h w"))
+            count += frames[-1].shape[0]
+            if count >= MEASURE_FRAMES:
+                break
+        if frames:
+            self.measure_latent_scale(torch.cat(frames)[:MEASURE_FRAMES])
+
     @torch.no_grad()
     def encode_frames(self, frames: torch.Tensor) -> torch.Tensor:
-        """Frames ``(n, 3, H, W)`` in [-1, 1] -> latents ``(n, 4, h, w)`` (un-quantized, times ``latent_scale``)."""
-        return self.movq.encode(frames) * self.m.latent_scale
+        """Frames ``(n, 3, H, W)`` in [-1, 1] -> latents ``(n, 4, h, w)`` (un-quantized, times ``latent_scale``;
+        measured on these frames if still unset, e.g. outside ``fit``)."""
+        latents = self.movq.encode(frames)
+        if self.m.latent_scale is None:
+            self.set_latent_scale(latent_scale_from(latents))
+            log.warning("module.latent_scale was unset: measured on a batch of %d frames", frames.shape[0])
+        return latents * self.m.latent_scale
 
     @torch.no_grad()
     def decode_latents(self, latents: torch.Tensor, num_frames: int = 1) -> torch.Tensor:
         """Latents ``(n, 4, h, w)`` -> frames ``(n, 3, H, W)`` (about [-1, 1])."""
+        if self.m.latent_scale is None:
+            raise ConfigError("module.latent_scale is unset (never measured): pass module.latent_scale=... or train")
         return self.movq.decode(latents / self.m.latent_scale, num_frames=num_frames)
 
     def text_condition(self, captions: Sequence[str], drop: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
@@ -288,8 +355,17 @@ class LatentDiffusionSystem(FrozenMoVQDiffusionSystem):
     # -------------------------------------------------------------------------------------------- checkpointing
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_save_checkpoint(checkpoint)  # without the frozen MoVQ, with the EMA by name
+        if self.m.latent_scale is not None:
+            checkpoint["latent_scale"] = float(self.m.latent_scale)
         if self.text_cache.cache_dir is not None and self.trainer.is_global_zero:
             self.text_cache.save()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_load_checkpoint(checkpoint)
+        if self.m.latent_scale is None and checkpoint.get("latent_scale") is not None:  # resumed: keep the measure
+            self.set_latent_scale(float(checkpoint["latent_scale"]))
+        elif self.m.latent_scale is None and not checkpoint.get("global_step"):  # an untrained checkpoint
+            self.set_latent_scale(1.0)
 
     def on_train_epoch_end(self) -> None:
         if self.text_cache.cache_dir is not None and self.trainer.is_global_zero:
@@ -351,3 +427,11 @@ def _draw(
     steps = torch.randint(0, schedule.num_steps, (count,), generator=generator)
     noise = torch.randn(x0.shape, generator=generator, dtype=x0.dtype)
     return steps.to(x0.device), noise.to(x0.device)
+
+
+def latent_scale_from(latents: torch.Tensor) -> float:
+    """``1 / std`` of ``latents`` (any shape), rounded to 3 significant digits (a stable number for configs)."""
+    std = float(latents.float().std())
+    if not std > 0:
+        raise ValueError(f"cannot measure a latent scale: the latents have std {std}")
+    return float(f"{1.0 / std:.3g}")
