@@ -6,7 +6,11 @@ schema and reports, all at once:
 
 - unknown keys, with the valid keys of that section;
 - values of the wrong type, with the expected type;
-- unknown registered names (system, model component / variant / preset, data source), with the valid choices.
+- unknown registered names (system, model component / variant / preset, data source), with the valid choices;
+- out-of-range values (sizes, counts, rates, fractions), with the allowed range (:func:`_check_values`,
+  :func:`~ff_lightning.data.config.data_config_problems`).
+
+A wrong key or type does not hide the other problems: it is reported and left out, and checking goes on.
 
 The ``module`` section is system-specific: each system registers its own schema dataclass
 (:mod:`ff_lightning.systems`), and that section is validated against it.
@@ -24,7 +28,7 @@ from typing import Any
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from ff_lightning.data.config import DataConfig
+from ff_lightning.data.config import DataConfig, data_config_problems
 from ff_lightning.io import atomic_write_text
 
 __all__ = [
@@ -211,9 +215,84 @@ def _check_trainer(cfg: DictConfig, problems: list[str]) -> None:
     strategies = _strategies()
     if t.strategy not in strategies:
         problems.append(f"unknown trainer.strategy {t.strategy!r}; valid choices: {', '.join(strategies)}")
-    for key in ("num_nodes", "accumulate_grad_batches"):
-        if int(t[key]) < 1:
-            problems.append(f"trainer.{key} must be >= 1, got {t[key]}")
+
+
+def _check_values(cfg: DictConfig, problems: list[str]) -> None:
+    """Out-of-range values of the typed sections (each message names the key, the rule and the value given)."""
+
+    def need(ok: bool, key: str, rule: str) -> None:
+        if not ok:
+            problems.append(f"{key} must be {rule}, got {OmegaConf.select(cfg, key)!r}")
+
+    def count_or_fraction(v: Any) -> bool:  # Lightning's limit_*_batches: an int count >= 0 or a fraction in [0, 1]
+        return v is None or (isinstance(v, int) and v >= 0) or (isinstance(v, float) and 0.0 <= v <= 1.0)
+
+    t, o, r = cfg.trainer, cfg.optim, cfg.run
+    need(t.max_steps >= -1, "trainer.max_steps", ">= 0 (0: validate the model as built) or -1 (no step limit)")
+    need(t.max_epochs is None or t.max_epochs >= -1, "trainer.max_epochs", ">= 0, -1 (no limit) or null")
+    for key in ("num_nodes", "accumulate_grad_batches", "log_every_n_steps"):
+        need(int(t[key]) >= 1, f"trainer.{key}", ">= 1")
+    need(t.check_val_every_n_epoch is None or t.check_val_every_n_epoch >= 1, "trainer.check_val_every_n_epoch",
+         ">= 1 or null")  # fmt: skip
+    v = t.val_check_interval
+    need(v is None or (isinstance(v, int) and v >= 1) or (isinstance(v, float) and 0.0 < v <= 1.0),
+         "trainer.val_check_interval", "a batch count >= 1, a fraction in (0, 1] or null")  # fmt: skip
+    for key in ("limit_train_batches", "limit_val_batches"):
+        need(count_or_fraction(t[key]), f"trainer.{key}", "a batch count >= 0, a fraction in [0, 1] or null")
+    need(t.num_sanity_val_steps >= -1, "trainer.num_sanity_val_steps", ">= 0 or -1 (all)")
+    need(t.gradient_clip_val is None or t.gradient_clip_val >= 0, "trainer.gradient_clip_val", ">= 0 or null")
+    need(t.gradient_clip_algorithm in (None, "norm", "value"), "trainer.gradient_clip_algorithm",
+         "'norm', 'value' or null")  # fmt: skip
+    need(o.lr > 0, "optim.lr", "positive")
+    need(len(o.betas) == 2 and all(0.0 <= b < 1.0 for b in o.betas), "optim.betas", "two values in [0, 1)")
+    need(o.weight_decay >= 0, "optim.weight_decay", ">= 0")
+    need(o.warmup_steps >= 0, "optim.warmup_steps", ">= 0")
+    need(o.ema_decay is None or 0.0 < o.ema_decay < 1.0, "optim.ema_decay", "in (0, 1) or null")
+    need(r.checkpoint_every_n_steps is None or r.checkpoint_every_n_steps >= 1, "run.checkpoint_every_n_steps",
+         ">= 1 or null")  # fmt: skip
+    need(bool(str(r.name).strip()), "run.name", "a non-empty name")
+    problems.extend(data_config_problems(cfg.data))
+
+
+def _drop_key(node: DictConfig, dotted: str) -> bool:
+    """Delete ``dotted`` (``a.b.c``; a list index ``a.b[0]`` drops the list ``a.b``) from ``node``; False if absent."""
+    parts = dotted.split("[", 1)[0].split(".")
+    parent: Any = node
+    for part in parts[:-1]:
+        if not isinstance(parent, DictConfig) or part not in parent:
+            return False
+        parent = parent[part]
+    if isinstance(parent, DictConfig) and parts[-1] in parent:
+        del parent[parts[-1]]
+        return True
+    return False
+
+
+def _merge_typed(schema: type, user: DictConfig, prefix: str, problems: list[str]) -> DictConfig | None:
+    """``user`` merged over the structured ``schema``; each value of the wrong type is reported (and left at its
+    default so the others can be checked). None if a problem cannot be attributed to a key."""
+    user = user.copy()
+    for _ in range(len(user) + 64):
+        try:
+            return OmegaConf.merge(OmegaConf.structured(schema), user)
+        except OmegaConfBaseException as e:
+            key = str(e.full_key or "")
+            problems.append(f"invalid value for {prefix + key!r}: {str(e.msg).strip().splitlines()[0]}")
+            if not key or not _drop_key(user, key):
+                return None
+    return None
+
+
+def _drop_unknown(node: Any, schema: type) -> None:
+    """Remove the keys of ``node`` that ``schema`` does not define, recursively (after they were reported)."""
+    if not isinstance(node, DictConfig):
+        return
+    fields = {f.name: f for f in dataclasses.fields(schema)}
+    for key in list(node.keys()):
+        if key not in fields:
+            del node[key]
+        elif (sub := _dataclass_type(fields[key].type)) is not None:
+            _drop_unknown(node[key], sub)
 
 
 def compose(
@@ -221,7 +300,8 @@ def compose(
 ) -> DictConfig:
     """Merge ``raw`` and dotlist ``overrides`` over the schema, validate everything and return a typed config.
 
-    Raises :class:`ConfigError` listing every problem (unknown keys with valid keys, wrong types, unknown names).
+    Raises :class:`ConfigError` listing every problem at once (unknown keys with valid keys, wrong types, unknown
+    names, out-of-range values), one per line.
     """
     user = OmegaConf.create(raw or {})
     try:
@@ -231,26 +311,29 @@ def compose(
     user = OmegaConf.merge(user, over)
     problems: list[str] = []
     _check_keys(user, ExperimentConfig, "", problems)
-    if problems:
-        raise ConfigError(f"{source}: " + "\n  ".join(["invalid config:", *problems]))
+    _drop_unknown(user, ExperimentConfig)  # reported; the rest is still checked
     module_raw = user.pop("module", OmegaConf.create({}))
-    try:
-        cfg = OmegaConf.merge(OmegaConf.structured(ExperimentConfig), user)
-    except OmegaConfBaseException as e:
-        raise ConfigError(f"{source}: invalid value for {e.full_key!r}: {e.msg}") from None
+    cfg = _merge_typed(ExperimentConfig, user, "", problems)
+    if cfg is None:
+        raise ConfigError(f"{source}: " + "\n  ".join(["invalid config:", *problems]))
     _check_choices(cfg, problems)
     _check_trainer(cfg, problems)
-    if not problems:
+    from ff_lightning.systems import available_systems
+
+    if cfg.system in available_systems():
         schema = _schema_for_system(cfg.system)
         _check_keys(module_raw, schema, "module.", problems)
-        if not problems:
-            try:
-                module = OmegaConf.merge(OmegaConf.structured(schema), module_raw)
-            except OmegaConfBaseException as e:
-                raise ConfigError(f"{source}: invalid value for module.{e.full_key!r}: {e.msg}") from None
-            OmegaConf.set_struct(cfg, False)
-            cfg.module = module
-            OmegaConf.set_struct(cfg, True)
+        if isinstance(module_raw, DictConfig):
+            _drop_unknown(module_raw, schema)
+            module = _merge_typed(schema, module_raw, "module.", problems)
+            if module is not None:
+                OmegaConf.set_struct(cfg, False)
+                cfg.module = module
+                OmegaConf.set_struct(cfg, True)
+    try:  # after the module section is in: other sections may interpolate its values
+        _check_values(cfg, problems)
+    except OmegaConfBaseException as e:
+        problems.append(f"cannot resolve {e.full_key!r}: {str(e.msg).strip().splitlines()[0]}")
     if problems:
         raise ConfigError(f"{source}: " + "\n  ".join(["invalid config:", *problems]))
     return cfg

@@ -99,6 +99,7 @@ def fit(cfg: DictConfig, *, extra_callbacks: list[Any] | None = None) -> RunResu
 
     from ff_lightning.callbacks import AtomicCheckpointIO, NonFiniteLossStop, StepSeed, log_final_hparams
     from ff_lightning.data import SkippedSamplesLogger, build_datamodule
+    from ff_lightning.data.bundled import BUNDLED
     from ff_lightning.tb_logging import TensorBoardLogger
 
     L.seed_everything(cfg.run.seed, workers=True)
@@ -109,16 +110,19 @@ def fit(cfg: DictConfig, *, extra_callbacks: list[Any] | None = None) -> RunResu
         log.info("resume=auto: %s", ckpt_path or "no checkpoint yet, starting fresh")
     elif ckpt_path is not None and not Path(ckpt_path).is_file():
         raise FileNotFoundError(f"run.resume: checkpoint not found: {ckpt_path}")
+    # model, config and annotation-file errors surface before the run directory exists (no empty run folders)
+    module = build_system(cfg)
+    if cfg.trainer.gradient_checkpointing and not enable_gradient_checkpointing(module):
+        log.warning("trainer.gradient_checkpointing: %s has no module that supports it", cfg.system)
+    datamodule = build_datamodule(cfg.data)
+    if cfg.data.root is not None or cfg.data.source not in BUNDLED:  # bundled data is built in prepare_data first
+        datamodule.setup("validate" if cfg.trainer.max_steps == 0 else "fit")  # lists the samples (cached)
     logger = TensorBoardLogger(save_dir=cfg.run.output_dir, name=cfg.run.name, default_hp_metric=False)
     run_dir = Path(logger.log_dir)
     # processes started by torchrun / srun / Lightning's ddp launcher each run this function: only global rank 0
     # (known from the launcher's environment) creates the run directory, the others would pick the next version
     if rank_zero_only.rank == 0:
         save_config(cfg, run_dir / "config.yaml")
-    module = build_system(cfg)  # model and config errors surface before any data is touched
-    if cfg.trainer.gradient_checkpointing and not enable_gradient_checkpointing(module):
-        log.warning("trainer.gradient_checkpointing: %s has no module that supports it", cfg.system)
-    datamodule = build_datamodule(cfg.data)
     ckpt_dir = run_dir / "checkpoints"
     every = cfg.run.checkpoint_every_n_steps
     # both write (and overwrite) the one last.ckpt: no "-v1" copies

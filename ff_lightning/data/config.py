@@ -7,8 +7,9 @@ field has a default and only ``str``/``int``/``float``/``bool``/``Optional``/``l
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
-__all__ = ["DataConfig", "SPLITS"]
+__all__ = ["DataConfig", "SPLITS", "data_config_problems"]
 
 #: The split names a dataset factory accepts. ``val`` and ``test`` both read the held-out split of a source.
 SPLITS: tuple[str, ...] = ("train", "val", "test")
@@ -65,17 +66,34 @@ class DataConfig:
     cache_dir: str | None = None  # bundled cache (None: FF_CACHE_DIR, else ~/.cache/ff_lightning)
 
     def __post_init__(self) -> None:
-        if len(self.size) != 2 or min(int(s) for s in self.size) < 1:
-            raise ValueError(f"data.size must be [H, W] with positive values, got {list(self.size)}")
-        if self.num_frames < 1 or self.stride < 1:
-            raise ValueError(f"data.num_frames and data.stride must be >= 1, got {self.num_frames}, {self.stride}")
-        if self.fps is not None and self.fps <= 0:
-            raise ValueError(f"data.fps must be positive, got {self.fps}")
-        if self.eval_start not in ("center", "first"):
-            raise ValueError(f"data.eval_start must be 'center' or 'first', got {self.eval_start!r}")
-        if self.caption_mode not in ("random", "first"):
-            raise ValueError(f"data.caption_mode must be 'random' or 'first', got {self.caption_mode!r}")
-        if self.val_split not in ("test", "train"):
-            raise ValueError(f"data.val_split must be 'test' or 'train', got {self.val_split!r}")
-        if self.split_index not in (1, 2, 3):
-            raise ValueError(f"data.split_index must be 1, 2 or 3, got {self.split_index}")
+        problems = data_config_problems(self)
+        if problems:
+            raise ValueError("; ".join(problems))
+
+
+def data_config_problems(cfg: Any, prefix: str = "data.") -> list[str]:
+    """Every out-of-range value of a data config (a :class:`DataConfig` or the ``data`` node of a composed config),
+    one message each, naming the key, the allowed values and the value given. Types are not checked here."""
+    problems: list[str] = []
+
+    def need(ok: bool, key: str, rule: str) -> None:
+        if not ok:
+            problems.append(f"{prefix}{key} must be {rule}, got {getattr(cfg, key)!r}")
+
+    size = list(cfg.size)
+    if len(size) != 2 or min((int(v) for v in size), default=0) < 1:
+        problems.append(f"{prefix}size must be [H, W] with two positive values, got {size}")
+    for key in ("num_frames", "stride", "batch_size", "max_attempts"):
+        need(int(getattr(cfg, key)) >= 1, key, ">= 1")
+    for key in ("val_batch_size", "max_samples", "max_val_samples", "frames_per_sequence"):
+        need(getattr(cfg, key) is None or int(getattr(cfg, key)) >= 1, key, ">= 1 (or null)")
+    need(int(cfg.num_workers) >= 0, "num_workers", ">= 0")
+    need(int(cfg.min_frames) >= 0, "min_frames", ">= 0")
+    need(0.0 <= float(cfg.val_fraction) <= 1.0, "val_fraction", "a fraction in [0, 1]")
+    need(cfg.fps is None or float(cfg.fps) > 0, "fps", "positive (or null)")
+    need(float(cfg.sequence_fps) > 0, "sequence_fps", "positive")
+    need(cfg.eval_start in ("center", "first"), "eval_start", "'center' or 'first'")
+    need(cfg.caption_mode in ("random", "first"), "caption_mode", "'random' or 'first'")
+    need(cfg.val_split in ("test", "train"), "val_split", "'test' or 'train'")
+    need(cfg.split_index in (1, 2, 3), "split_index", "1, 2 or 3")
+    return problems
