@@ -41,6 +41,11 @@ sweep's ``evaluate:`` section, :data:`DEFAULTS`):
 - ``frame_consistency``: per generated clip, the mean cosine similarity of the Inception features of consecutive
   frames (the usual "temporal consistency" of text-to-video work, with Inception in place of CLIP); the real value is
   the extra figure ``real_frame_consistency``. A frozen image is perfectly consistent, so read it with ``motion``.
+- ``colour_acc``, ``shape_acc``, ``motion_acc`` (bundled captioned shapes only): the fraction of generated clips in
+  which a held-out attribute classifier (:func:`~ff_lightning.evaluation.shapes_classifier.ensure_attribute_classifier`,
+  trained once on the train clips in this clip format, cached) finds the prompt's colour, shape and motion direction
+  (chance 1/7, 1/3, 1/4); the same on the real clips the prompts describe is the ceiling, extra figures
+  ``real_colour_acc`` / ``real_shape_acc`` / ``real_motion_acc``.
 - ``clipsim``, ``is``, ``fvd``: reported unavailable with the reason (weights not shipped; classes and clip lengths
   that do not fit these clips). Pixel-aligned metrics (PSNR, flicker of
   :func:`~ff_lightning.metrics.functional.temporal_consistency`) do not apply: a sample has no aligned ground truth.
@@ -325,6 +330,26 @@ def _unavailable_reasons(t: int, h: int, w: int) -> dict[str, str]:
     }
 
 
+def _caption_accuracy(
+    out: dict[str, Any], cfg: DictConfig, videos: torch.Tensor, real: torch.Tensor, prompts: list[str]
+) -> dict[str, float]:
+    """``colour_acc`` / ``shape_acc`` / ``motion_acc`` of the generated clips ``(n, T, 3, H, W)`` into ``out``; returns
+    the real clips' accuracies (the ceiling). Other data sources: reported unavailable."""
+    from ff_lightning.evaluation.shapes_classifier import ATTRIBUTES, attribute_hits, ensure_attribute_classifier
+
+    if str(cfg.data.source) != "bundled_shapes" or cfg.data.get("fps"):
+        for k in ATTRIBUTES:
+            out[f"{k}_acc"] = summarize(None, "caption accuracy needs the bundled captioned shapes (data.source)")
+        return {}
+    data = OmegaConf.to_container(cfg.data, resolve=True)
+    assert isinstance(data, dict)
+    model = ensure_attribute_classifier(data, int(real.shape[1]), int(cfg.data.stride))
+    hits, real_hits = attribute_hits(model, videos, prompts), attribute_hits(model, real, prompts)
+    for k in ATTRIBUTES:
+        out[f"{k}_acc"] = summarize(hits[k])
+    return {f"real_{k}_acc": float(real_hits[k].mean()) for k in ATTRIBUTES}
+
+
 # ------------------------------------------------------------------------------------------------------ evaluator
 def _eval_device(cfg: DictConfig) -> torch.device:
     use_gpu = str(cfg.trainer.accelerator) in ("auto", "gpu", "cuda") and torch.cuda.is_available()
@@ -413,6 +438,10 @@ def _evaluate(
     out["motion"] = summarize(motion)
     out["motion_gap"] = summarize((motion - real_motion).abs())
 
+    # --- does the clip show its caption? (captioned shapes: a held-out attribute classifier; the real clips' hits
+    # are the ceiling, extra figures real_<attribute>_acc)
+    caption_extra = _caption_accuracy(out, cfg, videos, real, prompts)
+
     # --- held-out denoising loss at fixed timesteps and noise
     loss_n = n_held if o["loss_samples"] is None else min(int(o["loss_samples"]), n_held)
     losses, given = [], []
@@ -441,6 +470,7 @@ def _evaluate(
         "reference_frames": float(n_held * t),
         "sample_seconds": round(sample_s, 1),
     }
+    extra.update(caption_extra)
     if given:
         extra["val_loss_given_reference"] = float(torch.cat(given).mean())
     if references:  # how closely the generated frames follow the reference image (pixels on [0, 1])

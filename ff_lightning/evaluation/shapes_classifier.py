@@ -18,6 +18,7 @@ import json
 import logging
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -27,7 +28,8 @@ from torch import nn
 from ff_lightning.io import atomic_open
 
 __all__ = ["RECIPE_VERSION", "ShapesClassifier", "ensure_shapes_classifier", "load_shapes_classifier",
-           "preprocess_shapes", "train_shapes_classifier"]
+           "preprocess_shapes", "train_shapes_classifier", "ATTRIBUTES", "AttributeClassifier", "caption_attributes",
+           "train_attribute_classifier", "ensure_attribute_classifier", "attribute_hits"]
 
 log = logging.getLogger(__name__)
 
@@ -196,3 +198,154 @@ def real_accuracy_of(path: str | Path) -> float | None:
     except Exception:  # not a safetensors file with our metadata
         return None
     return float(v) if v is not None and np.isfinite(float(v)) else None
+
+
+# ------------------------------------------------------------------------------ caption attributes (captioned shapes)
+ATTRIBUTES: tuple[str, ...] = ("colour", "shape", "motion")
+ATTRIBUTE_RECIPE = 1  # bump when the attribute classifier's training changes
+
+
+def _attribute_names() -> dict[str, list[str]]:
+    from ff_lightning.data.bundled.shapes import COLOURS, DIRECTIONS, SHAPES
+
+    return {"colour": list(COLOURS), "shape": list(SHAPES), "motion": list(DIRECTIONS)}
+
+
+def caption_attributes(caption: str) -> dict[str, int]:
+    """``"a red circle moving left slowly"`` -> class index per attribute (colour, shape, motion direction)."""
+    words = caption.split()
+    names = _attribute_names()
+    try:
+        return {"colour": names["colour"].index(words[1]), "shape": names["shape"].index(words[2]),
+                "motion": names["motion"].index(words[4])}  # fmt: skip
+    except (IndexError, ValueError):
+        raise ValueError(f"not a bundled-shapes caption: {caption!r}") from None
+
+
+class AttributeClassifier(nn.Module):
+    """Clips ``(B, T, 3, H, W)`` in [-1, 1] -> logits per attribute ``{colour: (B, 7), shape: (B, 3), motion:
+    (B, 4)}``: an early-fusion CNN (the ``T`` frames on the channel axis, so displacement is visible to its first
+    filters) with one linear head per attribute."""
+
+    def __init__(self, frames: int, width: int = 32) -> None:
+        super().__init__()
+        self.frames = frames
+        self.body = nn.Sequential(
+            nn.Conv2d(3 * frames, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(width, 2 * width, 3, padding=1), nn.BatchNorm2d(2 * width), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(2 * width, 2 * width, 3, padding=1), nn.BatchNorm2d(2 * width), nn.ReLU(),
+        )  # fmt: skip
+        self.heads = nn.ModuleDict({k: nn.Linear(4 * width, len(v)) for k, v in _attribute_names().items()})
+
+    def forward(self, video: torch.Tensor) -> dict[str, torch.Tensor]:
+        b, t, c, h, w = video.shape
+        if t != self.frames:
+            raise ValueError(f"the classifier takes {self.frames} frames, got {t}")
+        z = self.body(video.float().clamp(-1, 1).reshape(b, t * c, h, w))
+        z = torch.cat([z.mean(dim=(2, 3)), z.amax(dim=(2, 3))], dim=1)
+        return {k: head(z) for k, head in self.heads.items()}
+
+
+def _swap_directions(y: torch.Tensor, pairs: tuple[tuple[str, str], ...]) -> torch.Tensor:
+    names = _attribute_names()["motion"]
+    perm = list(range(len(names)))
+    for a, b in pairs:
+        perm[names.index(a)], perm[names.index(b)] = names.index(b), names.index(a)
+    return torch.tensor(perm)[y]
+
+
+def _window_clips(data: Any, split: str, frames: int, stride: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Every clip of ``split`` whole (``(N, S, 3, H, W)``, first frame on) and its caption attributes ``(N,)``."""
+    from omegaconf import OmegaConf
+
+    from ff_lightning.data import DataConfig, build_dataset
+
+    d = OmegaConf.to_container(data, resolve=True) if not isinstance(data, dict) else dict(data)
+    span = (frames - 1) * stride + 1
+    cfg = DataConfig(source=str(d.get("source", "bundled_shapes")), size=list(d.get("size") or SIZE),
+                     num_frames=max(span, 16), stride=1, random_crop=False, random_start=False, eval_start="first",
+                     cache_dir=d.get("cache_dir"), root=d.get("root"), seed=int(d.get("seed") or 0))  # fmt: skip
+    ds = build_dataset(cfg, split)
+    items = [ds[i] for i in range(len(ds))]
+    labels = [caption_attributes(s["caption"]) for s in items]
+    return torch.stack([s["video"] for s in items]), {k: torch.tensor([lab[k] for lab in labels]) for k in ATTRIBUTES}
+
+
+def train_attribute_classifier(
+    data: Any, frames: int, stride: int, epochs: int = 40, seed: int = 0
+) -> tuple[AttributeClassifier, dict[str, float]]:
+    """Train on windows of ``frames`` frames ``stride`` apart of the train clips of ``data`` (a data config of the
+    captioned shapes); returns the model and its accuracy per attribute on the test clips (first window).
+
+    Augmentations that keep the labels computable: random window start, horizontal flip (left <-> right) and time
+    reversal (left <-> right, up <-> down); colours are never changed.
+    """
+    torch.manual_seed(seed)
+    xtr, ytr = _window_clips(data, "train", frames, stride)
+    xte, yte = _window_clips(data, "test", frames, stride)
+    span = (frames - 1) * stride + 1
+    model = AttributeClassifier(frames)
+    opt = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=1e-4)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, epochs)
+    gen = torch.Generator().manual_seed(seed)
+    for _ in range(epochs):
+        model.train()
+        perm = torch.randperm(len(xtr), generator=gen)
+        for s in range(0, len(perm), 16):
+            idx = perm[s : s + 16]
+            start = int(torch.randint(0, xtr.shape[1] - span + 1, (), generator=gen))
+            x = xtr[idx, start : start + span : stride]
+            y = {k: v[idx] for k, v in ytr.items()}
+            if torch.rand((), generator=gen) < 0.5:
+                x, y["motion"] = x.flip(-1), _swap_directions(y["motion"], (("left", "right"),))
+            if torch.rand((), generator=gen) < 0.5:
+                x, y["motion"] = x.flip(1), _swap_directions(y["motion"], (("left", "right"), ("up", "down")))
+            logits = model(x)
+            loss = sum(F.cross_entropy(logits[k], y[k]) for k in ATTRIBUTES)
+            opt.zero_grad()
+            loss.backward()  # type: ignore[union-attr]
+            opt.step()
+        sched.step()
+    model.eval()
+    with torch.no_grad():
+        pred = model(xte[:, :span:stride])
+    return model, {k: float((pred[k].argmax(1) == yte[k]).float().mean()) for k in ATTRIBUTES}
+
+
+def ensure_attribute_classifier(data: Any, frames: int, stride: int) -> AttributeClassifier:
+    """The cached attribute classifier for these clips (``$FF_CACHE_DIR/models/shapes_attributes-<key>``), trained
+    first when missing (keyed by the bundled data marker, the window and :data:`ATTRIBUTE_RECIPE`)."""
+    from safetensors.torch import load_file, save
+
+    from ff_lightning.data.bundled import bundled_root
+    from ff_lightning.data.bundled.cache import read_marker
+    from ff_lightning.paths import cache_dir
+
+    d = dict(data)
+    marker = read_marker(bundled_root(str(d.get("source", "bundled_shapes")), d.get("cache_dir"))) or {}
+    content = json.dumps({"marker": marker, "recipe": ATTRIBUTE_RECIPE, "frames": frames, "stride": stride,
+                          "size": list(d.get("size") or SIZE)}, sort_keys=True, default=str)  # fmt: skip
+    key = hashlib.sha256(content.encode()).hexdigest()[:16]
+    target = cache_dir(d.get("cache_dir")) / "models" / f"shapes_attributes-{key}.safetensors"
+    model = AttributeClassifier(frames)
+    if target.is_file():
+        model.load_state_dict(load_file(str(target)))
+        return model.eval().requires_grad_(False)
+    log.info("training the shapes attribute classifier (once; cached at %s)", target)
+    t0 = time.perf_counter()
+    model, acc = train_attribute_classifier(d, frames, stride)
+    meta = {f"real_test_{k}": f"{v:.4f}" for k, v in acc.items()}
+    meta["seconds"] = f"{time.perf_counter() - t0:.1f}"
+    with atomic_open(target, "wb") as f:
+        f.write(save({k: v.detach().contiguous() for k, v in model.state_dict().items()}, metadata=meta))
+    log.info("shapes attribute classifier: real test accuracy %s", acc)
+    return model.eval().requires_grad_(False)
+
+
+@torch.no_grad()
+def attribute_hits(model: AttributeClassifier, videos: torch.Tensor, captions: list[str]) -> dict[str, torch.Tensor]:
+    """Per clip, whether the classifier finds each caption attribute: videos ``(B, T, 3, H, W)`` in [-1, 1] ->
+    ``{colour, shape, motion}: (B,)`` float 0 / 1."""
+    logits = model(videos)
+    labels = [caption_attributes(c) for c in captions]
+    return {k: (logits[k].argmax(1) == torch.tensor([lab[k] for lab in labels])).double() for k in ATTRIBUTES}
