@@ -26,6 +26,7 @@ KNOWN_ERRORS: dict[str, str] = {
         "fix: point data.root / data.annotations at the dataset (see `ff train CONFIG --print-config`) or replace "
         "the unusable files"
     ),
+    "ff_lightning.data.annotations.AnnotationError": "",
     "ff_lightning.metrics.weights.WeightsChecksumError": (
         "fix: replace the file with the released one named by Source (or pass the right file's path)"
     ),

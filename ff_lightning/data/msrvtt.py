@@ -5,6 +5,11 @@ video_id, sen_id}``) and ``<root>/videos/videoNNNN.mp4`` (or ``video_dir``; ``vi
 One sample per video, carrying all its captions (ordered by ``sen_id``; ``meta["captions"]``). The caption is the first
 one, or a seeded random one in training when ``caption_mode == "random"``. A video is in the test split when its
 ``split`` field says ``test``, or, without that field, when its number is 7010..9999; everything else is train.
+
+Sentences without ``video_id`` or a text ``caption`` (``null`` included), videos without ``video_id`` and videos
+without any usable caption are skipped and counted (``skipped_annotations``, ``file: sentences[i]`` reasons in
+``annotation_problems``, one warning); a file that is not JSON is an error naming it and the line
+(:mod:`ff_lightning.data.annotations`).
 """
 
 from __future__ import annotations
@@ -14,10 +19,11 @@ import re
 from pathlib import Path
 from typing import Any
 
+from .annotations import AnnotationError, AnnotationSkips
 from .base import ClipOptions, ClipRecord, NoUsableSamplesError, VideoFileDataset
 from .config import DataConfig
 
-__all__ = ["MSRVTTDataset", "is_test_video"]
+__all__ = ["MSRVTTDataset", "is_test_video", "read_msrvtt_json"]
 
 _DEFAULT_DIRS = ("videos", "videos/all", "TrainValVideo", "TestVideo")
 _TEST_IDS = range(7010, 10000)
@@ -54,13 +60,8 @@ class MSRVTTDataset(VideoFileDataset):
         ann = Path(annotations) if annotations else root / "MSRVTT_data.json"
         if not ann.is_file():
             raise NoUsableSamplesError(f"{self.source}: {ann} not found under {root}; expected {self.expected}")
-        data = json.loads(ann.read_text())
-        captions: dict[str, list[tuple[int, str]]] = {}
-        for i, s in enumerate(data.get("sentences", [])):
-            captions.setdefault(str(s["video_id"]), []).append((int(s.get("sen_id", i)), str(s["caption"]).strip()))
-        videos = [(str(v["video_id"]), v.get("split")) for v in data.get("videos", [])]
-        if not videos:  # annotation files without a videos table: every captioned video, split by number
-            videos = [(vid, None) for vid in captions]
+        skips = AnnotationSkips(self.source)
+        captions, videos = read_msrvtt_json(ann, skips)
         dirs = [root / video_dir] if video_dir else [root / d for d in _DEFAULT_DIRS]
         found = _index_videos(dirs)
         want_test = split != "train"
@@ -69,14 +70,20 @@ class MSRVTTDataset(VideoFileDataset):
             if is_test_video(vid, split_field) != want_test:
                 continue
             caps = tuple(c for _, c in sorted(captions.get(vid, [])))
+            if not caps:  # nothing to condition on: training on "" would teach the unconditional model only
+                skips.skip(f"{ann}: video {vid!r}", "no usable caption in sentences")
+                continue
             records.append(
                 ClipRecord(
                     path=str(found.get(vid, dirs[0] / f"{vid}.mp4")),
-                    caption=caps[0] if caps else "",
+                    caption=caps[0],
                     captions=caps,
                     key=vid,
                 )
             )
+        skips.raise_if_all_skipped(len(records), split)
+        self.skipped_annotations, self.annotation_problems = skips.count, skips.reasons
+        skips.warn(split)
         super().__init__(records, root=root, split=split, options=options, max_samples=max_samples)
 
     @classmethod
@@ -91,6 +98,64 @@ class MSRVTTDataset(VideoFileDataset):
             max_samples=cfg.max_samples if split == "train" else (cfg.max_val_samples or cfg.max_samples),
             **kwargs,
         )
+
+
+def _load_json(path: Path) -> dict[str, Any]:
+    """The top-level object of ``path``; :class:`AnnotationError` naming the file for unreadable JSON."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise AnnotationError(
+            f"{path}:{e.lineno}: not valid JSON ({e.msg}, column {e.colno}); fix the file or point data.annotations "
+            "at an intact MSRVTT_data.json"
+        ) from None
+    except UnicodeDecodeError as e:
+        raise AnnotationError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    if not isinstance(data, dict):
+        raise AnnotationError(f"{path}: expected an object with 'videos' and 'sentences', got a {type(data).__name__}")
+    for key in ("videos", "sentences"):
+        if not isinstance(data.get(key, []), list):
+            raise AnnotationError(f"{path}: {key!r} must be a list, got a {type(data[key]).__name__}")
+    return data
+
+
+def read_msrvtt_json(
+    path: Path, skips: AnnotationSkips
+) -> tuple[dict[str, list[tuple[int, str]]], list[tuple[str, str | None]]]:
+    """``(video_id -> [(sen_id, caption)], [(video_id, split field)])`` from ``MSRVTT_data.json``.
+
+    Sentences without a ``video_id`` or a non-empty string ``caption`` (``null`` included), or with a non-integer
+    ``sen_id``, and videos without a ``video_id`` are skipped and counted in ``skips`` as ``file: sentences[i]`` /
+    ``file: videos[i]`` (JSON records have no line of their own). Without a ``videos`` table, every captioned video
+    is listed (split by number).
+    """
+    data = _load_json(path)
+    captions: dict[str, list[tuple[int, str]]] = {}
+    for i, s in enumerate(data.get("sentences", [])):
+        where = f"{path}: sentences[{i}]"
+        if not isinstance(s, dict):
+            skips.skip(where, f"expected an object, got {s!r:.60}")
+            continue
+        vid, caption, sen_id = s.get("video_id"), s.get("caption"), s.get("sen_id", i)
+        if vid is None or str(vid).strip() == "":
+            skips.skip(where, "no 'video_id'")
+        elif not isinstance(caption, str) or not caption.strip():
+            skips.skip(where, "no 'caption'" if "caption" not in s else f"caption is {caption!r}, not a non-empty text")
+        elif isinstance(sen_id, bool) or not (isinstance(sen_id, int) or str(sen_id).strip().isdigit()):
+            skips.skip(where, f"sen_id {sen_id!r} is not an integer")
+        else:
+            captions.setdefault(str(vid), []).append((int(sen_id), caption.strip()))
+    videos: list[tuple[str, str | None]] = []
+    for i, v in enumerate(data.get("videos", [])):
+        vid = v.get("video_id") if isinstance(v, dict) else None
+        if vid is None or str(vid).strip() == "":
+            skips.skip(f"{path}: videos[{i}]", "no 'video_id'")
+            continue
+        split = v.get("split")
+        videos.append((str(vid), None if split is None else str(split)))
+    if not videos and not data.get("videos"):  # annotation files without a videos table: every captioned video
+        videos = [(vid, None) for vid in captions]
+    return captions, videos
 
 
 def _natural_key(video_id: str) -> tuple[str, int]:

@@ -5,15 +5,23 @@ The video of a row is ``row[path_column]`` (relative to the video root unless ab
 ``<root>/<video_dir>`` or ``<root>``. The held-out split is a second CSV (``val_annotations``, or ``val.csv`` /
 ``test.csv`` / ``results_*_val.csv`` next to the train CSV), or else the rows whose ``crc32(videoid)`` falls in the
 ``val_fraction`` bucket (the train split then leaves them out), which does not depend on the row order.
+
+Unusable rows (too few or too many fields, an unterminated quote, an empty videoid / name / video column) are skipped;
+the dataset counts them (``skipped_annotations``, with ``file:line`` reasons in ``annotation_problems``) and logs one
+warning (:mod:`ff_lightning.data.annotations`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import itertools
 import zlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from .annotations import AnnotationError, AnnotationSkips
 from .base import ClipOptions, ClipRecord, NoUsableSamplesError, VideoFileDataset
 from .config import DataConfig
 
@@ -30,27 +38,81 @@ def in_heldout_bucket(videoid: str, fraction: float) -> bool:
 
 
 def read_webvid_csv(
-    csv_path: Path, video_root: Path, path_column: str | None = None, ext: str = ".mp4"
+    csv_path: Path,
+    video_root: Path,
+    path_column: str | None = None,
+    ext: str = ".mp4",
+    skips: AnnotationSkips | None = None,
 ) -> list[tuple[str, ClipRecord]]:
-    """``(videoid, record)`` for each row of ``csv_path``; raises ``ValueError`` naming missing columns."""
-    with open(csv_path, newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f)
-        columns = reader.fieldnames or []
-        col = path_column or ("path" if "path" in columns else None)
-        needed = ["videoid", "name"] + ([col] if col else ["page_dir"])
-        missing = [c for c in needed if c not in columns]
-        if missing:
-            raise ValueError(f"{csv_path}: missing column(s) {', '.join(missing)}; has {', '.join(columns)}")
-        out = []
-        for row in reader:
-            vid = str(row["videoid"]).strip()
-            if col:
-                p = Path(row[col])
-                path = p if p.is_absolute() else video_root / p
-            else:
-                path = video_root / str(row["page_dir"]).strip() / f"{vid}{ext}"
-            out.append((vid, ClipRecord(path=str(path), caption=str(row["name"]).strip(), key=vid)))
-    return out
+    """``(videoid, record)`` for each usable row of ``csv_path``.
+
+    Rows with a different number of fields than the header, an empty ``videoid`` / ``name`` / video column, or
+    unreadable quoting (an unterminated quote is skipped as one line; parsing goes on with the next line) are skipped
+    and counted in ``skips`` with ``file:line``. Raises ``ValueError`` naming missing columns and
+    :class:`~ff_lightning.data.annotations.AnnotationError` for a file that is not UTF-8 text.
+    """
+    skips = skips if skips is not None else AnnotationSkips("webvid")
+    try:
+        return _read_rows(Path(csv_path), video_root, path_column, ext, skips)
+    except UnicodeDecodeError as e:
+        raise AnnotationError(
+            f"{csv_path}: not UTF-8 text ({e.reason} at byte {e.start}); re-save the CSV as UTF-8"
+        ) from None
+
+
+def _lines_from(path: Path, first: int) -> Iterator[str]:
+    """The lines of ``path`` from 1-based line ``first`` on (newlines kept, as the csv module wants them)."""
+    with open(path, newline="", encoding="utf-8-sig") as f:
+        yield from itertools.islice(f, first - 1, None)
+
+
+def _read_rows(
+    csv_path: Path, video_root: Path, path_column: str | None, ext: str, skips: AnnotationSkips
+) -> list[tuple[str, ClipRecord]]:
+    with contextlib.closing(_lines_from(csv_path, 1)) as lines:
+        header = next(csv.reader(lines), [])
+    columns = [c.strip() for c in header]
+    col = path_column or ("path" if "path" in columns else None)
+    needed = ["videoid", "name"] + ([col] if col else ["page_dir"])
+    missing = [c for c in needed if c not in columns]
+    if missing:
+        raise ValueError(f"{csv_path}: missing column(s) {', '.join(missing)}; has {', '.join(columns)}")
+    at = {c: columns.index(c) for c in needed}
+    out: list[tuple[str, ClipRecord]] = []
+    first = 2  # 1-based line where the next reader starts
+    while True:
+        lines = _lines_from(csv_path, first)
+        reader = csv.reader(lines, strict=True)
+        done = 0  # lines consumed by this reader before the current row
+        try:
+            for fields in reader:
+                line, done = first + done, reader.line_num
+                if not fields:  # a blank line
+                    continue
+                where = f"{csv_path}:{line}"
+                if len(fields) != len(columns):
+                    skips.skip(where, f"{len(fields)} fields, the header has {len(columns)}")
+                    continue
+                vid, name = fields[at["videoid"]].strip(), fields[at["name"]].strip()
+                video = fields[at[col]] if col else fields[at["page_dir"]].strip()
+                empty = [c for c, v in (("videoid", vid), ("name", name), (col or "page_dir", video)) if not v]
+                if empty:
+                    skips.skip(where, f"empty {', '.join(empty)}")
+                    continue
+                if col:
+                    p = Path(video)
+                    path = p if p.is_absolute() else video_root / p
+                else:
+                    path = video_root / video / f"{vid}{ext}"
+                out.append((vid, ClipRecord(path=str(path), caption=name, key=vid)))
+            return out
+        except csv.Error as e:
+            line = first + done
+            what = "unterminated quote" if "end of data" in str(e) else f"unreadable CSV ({e})"
+            skips.skip(f"{csv_path}:{line}", f"{what}; the row is skipped and reading goes on at the next line")
+            first = line + 1
+        finally:
+            lines.close()
 
 
 class WebVidDataset(VideoFileDataset):
@@ -89,10 +151,14 @@ class WebVidDataset(VideoFileDataset):
                 f"{self.source}: no annotation CSV ({', '.join(_TRAIN_CSV)} or data.annotations) under {root}; "
                 f"expected {self.expected}"
             )
-        rows = read_webvid_csv(csv_path, root / video_dir if video_dir else root, path_column)
+        skips = AnnotationSkips(self.source)
+        rows = read_webvid_csv(csv_path, root / video_dir if video_dir else root, path_column, skips=skips)
+        skips.raise_if_all_skipped(len(rows), split)
         if bucket is not None:  # held-out fraction of a single CSV: val keeps the bucket, train drops it
             rows = [r for r in rows if in_heldout_bucket(r[0], val_fraction) == bucket]
         self.annotations = csv_path
+        self.skipped_annotations, self.annotation_problems = skips.count, skips.reasons
+        skips.warn(split)
         super().__init__([r for _, r in rows], root=root, split=split, options=options, max_samples=max_samples)
 
     @classmethod
