@@ -1,4 +1,11 @@
-"""Safe checkpoint loading and export of trained modules (``ff export``).
+"""Every checkpoint read of the project, and the export of trained modules (``ff export``).
+
+This module imports no torch at import time (``ff --help`` stays fast): each function imports it when called.
+
+Reading: :func:`load_checkpoint` (one file, raw), :func:`read_state_dict` (its tensors, a nested ``state_dict``
+unwrapped: MoVQ files), :func:`read_tensors` (nested dicts flattened: the released Kandinsky UNet files),
+:func:`read_t2i_checkpoint` (a text-to-image model in any of the accepted layouts, the released projection and null
+embedding mapped to ours) and :func:`read_export` (an ``ff export`` / ``ff import`` folder).
 
 Loading (:func:`load_checkpoint`): ``.safetensors`` files through safetensors, anything else through
 ``torch.load(weights_only=True)``, which rebuilds only tensors and plain containers and never runs code from the file.
@@ -24,15 +31,31 @@ import hashlib
 import os
 import pickle
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-
-from ff_lightning.interop.movq import CheckpointError
 from ff_lightning.io import atomic_open, atomic_write_json, atomic_write_text
 
-__all__ = ["UnsafeCheckpointError", "CheckpointError", "load_checkpoint", "save_safetensors", "export_checkpoint"]
+if TYPE_CHECKING:  # torch is imported inside the functions: `ff --help` must not pay for it
+    import torch
+
+__all__ = [
+    "CheckpointError",
+    "UnsafeCheckpointError",
+    "load_checkpoint",
+    "flatten_tensors",
+    "read_state_dict",
+    "read_tensors",
+    "sha256_file",
+    "T2IWeights",
+    "read_t2i_checkpoint",
+    "release_text_weights",
+    "read_export",
+    "is_export_dir",
+    "save_safetensors",
+    "export_checkpoint",
+]
 
 #: system -> (state-dict prefix of its model, file name of the model alone)
 MODEL_FILES: dict[str, tuple[str, str]] = {
@@ -44,19 +67,26 @@ MODEL_FILES: dict[str, tuple[str, str]] = {
 }
 
 
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be loaded safely or does not match the model."""
+
+
 class UnsafeCheckpointError(CheckpointError):
     """A checkpoint whose unpickling would need arbitrary code (classes or functions named in the file)."""
 
 
-def load_checkpoint(path: str | os.PathLike[str], map_location: Any = "cpu") -> Any:
+def load_checkpoint(
+    path: str | os.PathLike[str], map_location: Any = "cpu", *, hint: str = "", mmap: bool = False
+) -> Any:
     """The contents of a checkpoint file, loaded without executing code from it.
 
-    ``.safetensors``: a ``{name: tensor}`` dict. Anything else: ``torch.load(path, weights_only=True)``. Raises
-    ``FileNotFoundError`` for a missing file and :class:`UnsafeCheckpointError` for a pickle that needs arbitrary code.
+    ``.safetensors``: a ``{name: tensor}`` dict. Anything else: ``torch.load(path, weights_only=True)`` (memory-mapped
+    with ``mmap=True`` where the file allows it). Raises ``FileNotFoundError`` for a missing file (``hint``: where to
+    get it) and :class:`UnsafeCheckpointError` for a pickle that needs arbitrary code.
     """
     path = Path(path).expanduser()
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint file not found: {path}")
+        raise FileNotFoundError(f"checkpoint file not found: {path}" + (f". {hint}" if hint else ""))
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
@@ -65,7 +95,14 @@ def load_checkpoint(path: str | os.PathLike[str], map_location: Any = "cpu") -> 
             return load_file(str(path), device=device)
         except Exception as e:  # safetensors raises its own error types for corrupt headers
             raise CheckpointError(f"{path} is not a readable safetensors file: {e}") from e
+    import torch
+
     try:
+        if mmap:
+            try:
+                return torch.load(path, map_location=map_location, weights_only=True, mmap=True)
+            except RuntimeError:  # legacy (non-zip) files cannot be memory-mapped
+                pass
         return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
         raise UnsafeCheckpointError(
@@ -75,6 +112,169 @@ def load_checkpoint(path: str | os.PathLike[str], map_location: Any = "cpu") -> 
             "torch.load(..., weights_only=False) and re-save only tensors and plain containers (e.g. "
             f"torch.save(model.state_dict(), ...)) or safetensors. Detail: {str(e).splitlines()[0]}"
         ) from e
+
+
+def flatten_tensors(obj: Mapping[Any, Any], prefix: str = "") -> dict[str, torch.Tensor]:
+    """Nested mappings -> ``{"a.b.c": tensor}``; non-tensor leaves (epochs, configs, ...) are dropped."""
+    import torch
+
+    out: dict[str, torch.Tensor] = {}
+    for key, value in obj.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, torch.Tensor):
+            out[name] = value
+        elif isinstance(value, Mapping):
+            out.update(flatten_tensors(value, f"{name}."))
+    return out
+
+
+def read_state_dict(path: str | os.PathLike[str], hint: str = "") -> dict[str, torch.Tensor]:
+    """The top-level tensors of a checkpoint file on CPU, a nested ``state_dict`` (Lightning) unwrapped first.
+
+    Raises ``FileNotFoundError`` (with ``hint``), :class:`UnsafeCheckpointError` and :class:`CheckpointError` for
+    files without tensors.
+    """
+    import torch
+
+    obj = load_checkpoint(path, hint=hint)
+    while isinstance(obj, Mapping) and isinstance(obj.get("state_dict"), Mapping):
+        obj = obj["state_dict"]
+    if not isinstance(obj, Mapping):
+        raise CheckpointError(f"{path} holds a {type(obj).__name__}, not a state dict")
+    tensors = {k: v for k, v in obj.items() if isinstance(k, str) and isinstance(v, torch.Tensor)}
+    if not tensors:
+        raise CheckpointError(f"{path} holds no tensors")
+    return tensors
+
+
+def read_tensors(path: str | os.PathLike[str], hint: str = "") -> dict[str, torch.Tensor]:
+    """All tensors of a checkpoint file on CPU, nested dicts flattened to dotted keys (the released Kandinsky files
+    ``{"unet": {...}, "null_embedding": t, "projections": {...}}`` become ``unet.*``, ``null_embedding``, ...)."""
+    obj = load_checkpoint(path, hint=hint)
+    tensors = flatten_tensors(obj) if isinstance(obj, Mapping) else {}
+    if not tensors:
+        raise CheckpointError(f"{path} holds no tensors (a {type(obj).__name__})")
+    return tensors
+
+
+def sha256_file(path: str | os.PathLike[str]) -> str:
+    """Hex sha256 of a file's bytes."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+# ----------------------------------------------------------------------------------- text-to-image checkpoints
+@dataclass
+class T2IWeights:
+    """What a text-to-image checkpoint provides: UNet state dict, optional projection / null embedding state dicts
+    (our layout: ``projection.weight``, ``norm.weight``, ``norm.bias`` / ``embedding``), and the experiment config it
+    was trained with (None for bare and released state dicts)."""
+
+    unet: dict[str, torch.Tensor]
+    text_projection: dict[str, torch.Tensor] | None
+    null_embedding: dict[str, torch.Tensor] | None
+    config: dict[str, Any] | None
+    used_ema: bool = False
+    release: bool = False  # a released Kandinsky file ({"unet": ..., "null_embedding": ...})
+
+
+T2I_CKPT_HINT = (
+    "Train one with the t2i system (`ff train experiments/t2i/tiny.yaml module.movq_ckpt=...`; its "
+    "checkpoints/last.ckpt), or import a released Kandinsky model (`ff import DIR --out OUT`) and pass "
+    "OUT/<stage>/module.safetensors, or pass a Kandinsky 3 UNet state dict (see ff_lightning.interop.unet)."
+)
+
+#: released text projection ``Sequential(Linear, LayerNorm)`` -> our :class:`~ff_lightning.models.text.TextProjection`
+_RELEASE_PROJECTION = {"0.weight": "projection.weight", "1.weight": "norm.weight", "1.bias": "norm.bias"}
+
+
+def release_text_weights(
+    state: Mapping[str, torch.Tensor], prefix: str = ""
+) -> dict[str, torch.Tensor] | None:
+    """Our ``TextProjection`` state dict from the released ``Sequential(Linear(bias=False), LayerNorm)`` keys under
+    ``prefix`` (``projections.t5.`` in Kandinsky Video 1.0 files, ``""`` in Kandinsky 3.1's ``projection.pt``,
+    ``projection_base.`` in Kandinsky Video 1.1's ``t5_projections.pt``); None when none of them is there. A file with
+    some but not all three keys is a :class:`CheckpointError`."""
+    found = {ours: state[prefix + theirs] for theirs, ours in _RELEASE_PROJECTION.items() if prefix + theirs in state}
+    if not found:
+        return None
+    if len(found) != len(_RELEASE_PROJECTION):
+        missing = [prefix + k for k in _RELEASE_PROJECTION if prefix + k not in state]
+        raise CheckpointError(f"incomplete released text projection: missing {', '.join(missing)}")
+    return found
+
+
+def read_t2i_checkpoint(path: str | os.PathLike[str], use_ema: bool = True) -> T2IWeights:
+    """Read a text-to-image checkpoint: a ``t2i`` system checkpoint (Lightning ``.ckpt``: ``state_dict`` with
+    ``unet.*``, ``text_projection.*``, ``null_embedding.*``; ``ema_state_dict``; ``hyper_parameters.config``), an
+    export / import folder's ``module.safetensors`` (the same keys), a released Kandinsky 3 / Kandinsky Video file
+    (``{"unet", "null_embedding"}`` + ``projections`` in KV 1.0, mapped to our layout) or a bare UNet state dict.
+
+    Files are read with ``torch.load(weights_only=True)`` (or safetensors): arbitrary pickles are refused.
+    """
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"module.t2i_ckpt not found: {path}. {T2I_CKPT_HINT}")
+    obj = load_checkpoint(path, hint=T2I_CKPT_HINT)
+    config: Any = None
+    used_ema = False
+    if isinstance(obj, Mapping) and isinstance(obj.get("state_dict"), Mapping):
+        state = flatten_tensors(obj["state_dict"])
+        ema = obj.get("ema_state_dict") if use_ema else None
+        used_ema = bool(ema)
+        if ema:
+            state.update({k: v for k, v in flatten_tensors(ema).items() if k in state})
+        hp = obj.get("hyper_parameters") or {}
+        config = hp.get("config") if isinstance(hp, Mapping) else None
+    else:
+        state = flatten_tensors(obj) if isinstance(obj, Mapping) else {}
+        if not state:
+            raise CheckpointError(f"{path} holds no tensors (a {type(obj).__name__}). {T2I_CKPT_HINT}")
+    release = "null_embedding" in state  # released layout: a bare tensor next to {"unet": ...}
+    unet = _strip(state, "unet.")
+    if not unet:  # a bare UNet state dict
+        unet = {k: v for k, v in state.items() if not k.startswith(("text_projection.", "null_embedding"))}
+    projection = _strip(state, "text_projection.") or release_text_weights(state, "projections.t5.")
+    null = _strip(state, "null_embedding.") or None
+    if null is None and "null_embedding" in state:
+        null = {"embedding": state["null_embedding"].reshape(-1)}
+    return T2IWeights(
+        unet=unet,
+        text_projection=projection,
+        null_embedding=null,
+        config=dict(config) if isinstance(config, Mapping) else None,
+        used_ema=used_ema,
+        release=release,
+    )
+
+
+# ------------------------------------------------------------------------------------------ export folders
+def is_export_dir(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` is a folder written by ``ff export`` / ``ff import`` (config.yaml + module.safetensors)."""
+    p = Path(path).expanduser()
+    return p.is_dir() and (p / "config.yaml").is_file() and (p / "module.safetensors").is_file()
+
+
+def read_export(path: str | os.PathLike[str]) -> tuple[dict[str, Any], dict[str, torch.Tensor], dict[str, Any]]:
+    """``(config, state_dict, manifest)`` of an export folder (``ff export`` / ``ff import``): the run config of
+    ``config.yaml``, the system's state dict of ``module.safetensors`` and ``export.json`` ({} when absent)."""
+    import json
+
+    from omegaconf import OmegaConf
+
+    p = Path(path).expanduser()
+    if not is_export_dir(p):
+        raise CheckpointError(f"{p} is not an export folder (config.yaml + module.safetensors, see `ff export`)")
+    config = OmegaConf.to_container(OmegaConf.load(p / "config.yaml"), resolve=True)
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{p / 'config.yaml'} holds no config mapping")
+    state = load_checkpoint(p / "module.safetensors")
+    manifest_path = p / "export.json"
+    manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
+    return config, dict(state), manifest
 
 
 def save_safetensors(tensors: Mapping[str, torch.Tensor], path: str | os.PathLike[str]) -> Path:
@@ -87,14 +287,6 @@ def save_safetensors(tensors: Mapping[str, torch.Tensor], path: str | os.PathLik
     return Path(path)
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _strip(state: Mapping[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
     return {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
 
@@ -102,6 +294,7 @@ def _strip(state: Mapping[str, torch.Tensor], prefix: str) -> dict[str, torch.Te
 def export_checkpoint(ckpt: str | os.PathLike[str], out_dir: str | os.PathLike[str], *, use_ema: bool = True) -> dict:
     """Export a training checkpoint of any system into ``out_dir`` (see the module docstring); returns the manifest
     written to ``export.json``."""
+    import torch
     from omegaconf import OmegaConf
 
     ckpt = Path(ckpt)
@@ -139,7 +332,7 @@ def export_checkpoint(ckpt: str | os.PathLike[str], out_dir: str | os.PathLike[s
             files[name] = f"{system} model alone, released key layout{' (EMA weights)' if used_ema else ''}"
     manifest = {
         "checkpoint": str(ckpt.resolve()),
-        "checkpoint_sha256": _sha256(ckpt),
+        "checkpoint_sha256": sha256_file(ckpt),
         "system": system,
         "global_step": int(obj.get("global_step", -1)),
         "epoch": int(obj.get("epoch", -1)),

@@ -171,6 +171,9 @@ def build_parser() -> argparse.ArgumentParser:
     from ff_lightning.generate_cli import add_generate_parser
 
     add_generate_parser(sub)  # ff generate "a prompt" [--keyframes CKPT --interpolation CKPT --decoder CKPT]
+    from ff_lightning.import_cli import add_import_parser
+
+    add_import_parser(sub)  # ff import SRC --out DIR: released Kandinsky weights -> export folders
     return p
 
 

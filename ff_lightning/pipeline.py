@@ -45,7 +45,7 @@ import torch
 from einops import rearrange
 from torch import nn
 
-from ff_lightning.checkpoints import load_checkpoint
+from ff_lightning.checkpoints import CheckpointError, is_export_dir, load_checkpoint, read_export
 from ff_lightning.config import ConfigError
 
 __all__ = [
@@ -129,6 +129,8 @@ def load_stage(stage: str, path: str | os.PathLike[str], device: str | torch.dev
     if stage not in STAGE_SYSTEMS:
         raise ValueError(f"unknown stage {stage!r}; valid: {', '.join(STAGE_SYSTEMS)}")
     p = Path(path).expanduser()
+    if p.is_dir():
+        return _load_export_stage(stage, p, device)
     if not p.is_file():
         raise FileNotFoundError(f"{stage} checkpoint not found: {p}")
     obj = load_checkpoint(p)  # safetensors or weights-only; code-needing pickles are refused
@@ -160,6 +162,57 @@ def load_stage(stage: str, path: str | os.PathLike[str], device: str | torch.dev
         module.ema.swap_in(module.trainable_parameters())  # sample with the averaged weights
     module.ckpt_path = str(p)
     module.trained_movq_ckpt = movq  # the image MoVQ file the stage was trained with (as recorded in its config)
+    return module.to(device).eval().requires_grad_(False)
+
+
+def _load_export_stage(stage: str, folder: Path, device: str | torch.device) -> Any:
+    """A stage from an ``ff export`` / ``ff import`` folder (config.yaml + module.safetensors), loaded strictly: the
+    only entries the folder may lack are the frozen MoVQ (then ``module.movq_ckpt`` must exist, as for checkpoints)
+    and its never-used ``quantize.*`` codebook (absent from the Kandinsky releases)."""
+    from ff_lightning.config import compose
+    from ff_lightning.systems import system_class
+
+    if not is_export_dir(folder):
+        raise ConfigError(
+            f"{folder} is not a {stage} stage folder (config.yaml + module.safetensors, as written by `ff export` or "
+            "`ff import`; an import's stages are its subfolders, e.g. OUT/keyframes)"
+        )
+    stored, state, manifest = read_export(folder)
+    system = str(stored.get("system"))
+    try:
+        fits = issubclass(system_class(system), system_class(STAGE_SYSTEMS[stage]))
+    except KeyError:
+        fits = False
+    if not fits:
+        raise ConfigError(f"{folder} holds the {system!r} system, not the {stage} stage")
+    overrides = list(_STAGE_OVERRIDES[stage])
+    has_movq = any(k.startswith("movq.encoder.") for k in state)
+    movq = (stored.get("module") or {}).get("movq_ckpt")
+    if has_movq:  # self-contained (ff import): the frozen MoVQ comes from the folder
+        overrides += ["module.movq_ckpt=null", "module.allow_random_movq=true"]
+    elif stage != "decoder" and movq and not Path(movq).is_file():
+        raise FileNotFoundError(f"{stage} stage {folder} needs its image MoVQ {movq} (module.movq_ckpt), which is gone")
+    cfg = compose(dict(stored), overrides, source=str(folder / "config.yaml"))
+    module = system_class(cfg.system)(cfg)
+    expected = set(module.state_dict())
+    allowed = ("movq.quantize.",) if has_movq or stage == "decoder" else ("movq.",)
+    missing = sorted(k for k in expected - set(state) if not k.startswith(allowed))
+    if stage == "decoder" and cfg.module.decode_quantized and "movq.quantize.embedding.weight" not in state:
+        missing.append("movq.quantize.embedding.weight (module.decode_quantized needs the codebook)")
+    unexpected = sorted(set(state) - expected)
+    if missing or unexpected:
+        raise CheckpointError(
+            f"{folder / 'module.safetensors'} does not fit the {system} system of its config.yaml: "
+            f"{len(missing)} missing (e.g. {missing[:3]}), {len(unexpected)} unexpected (e.g. {unexpected[:3]})"
+        )
+    full = {**module.state_dict(), **state}
+    module.load_state_dict(full)
+    if stage == "decoder" and (manifest.get("release_forward") or {}).get("attn_zq_first_frame"):
+        module.movq.decoder.attn_zq_first_frame = True  # the released decoder's attention norms (see models.movq)
+        module.movq.decoder.config["attn_zq_first_frame"] = True
+    module.ckpt_path = str(folder)
+    module.trained_movq_ckpt = movq or str(folder / "module.safetensors")
+    module.export_manifest = manifest
     return module.to(device).eval().requires_grad_(False)
 
 

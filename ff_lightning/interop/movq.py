@@ -1,9 +1,17 @@
 """Load released MoVQGAN / Kandinsky Video MoVQ weights from a local file into our modules.
 
-Our module and parameter names equal the released ones (checked against the manifests in
-:mod:`ff_lightning.reference`), so no key map is needed; the only layout difference, the temporal merge scalars
-(``temporal_merge1`` in the release, an :class:`~ff_lightning.models.temporal.AlphaMerge` child here), is handled
-inside the modules' own ``state_dict`` / ``load_state_dict`` (see :func:`~ff_lightning.models.temporal.flatten_merge_keys`).
+Our module and parameter names equal those of MoVQGAN (checked against the manifests in
+:mod:`ff_lightning.reference`). Two layout differences, both documented and tested:
+
+- the temporal merge scalars (``temporal_merge1`` in the release, an :class:`~ff_lightning.models.temporal.AlphaMerge`
+  child here) are handled inside the modules' own ``state_dict`` / ``load_state_dict`` (see
+  :func:`~ff_lightning.models.temporal.flatten_merge_keys`);
+- the MoVQ files of Kandinsky 3 / 3.1 and Kandinsky Video 1.0 / 1.1 (``movq.pt``, ``video_movq.pt``) build every norm,
+  the encoder's included, as ``SpatialNorm(GroupNorm)``; without a latent (``zq``) a SpatialNorm has no ``conv_y`` /
+  ``conv_b`` and is a plain GroupNorm stored one level down: ``encoder.down.0.block.0.norm1.norm_layer.weight`` for
+  our (and MoVQGAN's) ``encoder.down.0.block.0.norm1.weight``. :func:`release_key_map` renames those entries (every
+  encoder ResnetBlock ``norm1`` / ``norm2``, attention ``norm`` and ``norm_out``). Those files also have no
+  ``quantize.*`` (Kandinsky decodes un-quantized latents): load them with ``missing_ok=("quantize.",)``.
 
 Files: ``.safetensors`` (safetensors), anything else with ``torch.load(weights_only=True)`` (a pickle holding
 arbitrary objects is refused). A nested ``state_dict`` (Lightning checkpoints) is unwrapped and a common key prefix
@@ -21,13 +29,14 @@ Weights are not downloaded here. Where to get them:
 
 from __future__ import annotations
 
-import pickle
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from ff_lightning.checkpoints import CheckpointError
+from ff_lightning.checkpoints import read_state_dict as _read_state_dict
 from ff_lightning.models.movq import Decoder, MoVQ
 from ff_lightning.registry import build
 
@@ -37,6 +46,7 @@ __all__ = [
     "MOVQ_DOWNLOAD_HINT",
     "VIDEO_DECODER_DOWNLOAD_HINT",
     "read_state_dict",
+    "release_key_map",
     "load_weights",
     "load_movqgan",
     "load_video_decoder",
@@ -55,40 +65,27 @@ VIDEO_DECODER_DOWNLOAD_HINT = (
 _MAX_LISTED = 20
 
 
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be loaded safely or does not match the model."""
-
-
 def read_state_dict(path: str | Path, hint: str = MOVQ_DOWNLOAD_HINT) -> dict[str, torch.Tensor]:
-    """Read the tensors of a checkpoint file (on CPU), unwrapping a nested ``state_dict``.
+    """Read the tensors of a checkpoint file (on CPU), unwrapping a nested ``state_dict``
+    (:func:`ff_lightning.checkpoints.read_state_dict` with the MoVQ download hint)."""
+    return _read_state_dict(path, hint)
 
-    Raises ``FileNotFoundError`` (naming the file and, via ``hint``, where to obtain it) and
-    :class:`CheckpointError` for pickles holding arbitrary objects or files without tensors.
-    """
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint file not found: {path}. {hint}")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
 
-        obj: object = load_file(str(path), device="cpu")
-    else:
-        try:
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-        except pickle.UnpicklingError as e:
-            raise CheckpointError(
-                f"refusing to load {path}: it pickles objects other than tensors and plain containers, which "
-                f"torch.load(weights_only=True) does not execute. Re-save just the state dict "
-                f"(torch.save(model.state_dict(), ...)) or use safetensors. Detail: {e}"
-            ) from e
-    while isinstance(obj, Mapping) and isinstance(obj.get("state_dict"), Mapping):
-        obj = obj["state_dict"]
-    if not isinstance(obj, Mapping):
-        raise CheckpointError(f"{path} holds a {type(obj).__name__}, not a state dict")
-    tensors = {k: v for k, v in obj.items() if isinstance(k, str) and isinstance(v, torch.Tensor)}
-    if not tensors:
-        raise CheckpointError(f"{path} holds no tensors")
-    return tensors
+def release_key_map(provided: Iterable[str], expected: Collection[str]) -> dict[str, str]:
+    """``{file key: model key}`` for the released SpatialNorm-wrapped plain norms (see the module docstring):
+    ``X.norm_layer.{weight,bias}`` -> ``X.{weight,bias}`` where the model has the latter, the file does not, and the
+    file's ``X`` has no ``conv_y`` / ``conv_b`` (a SpatialNorm that uses a latent is never flattened)."""
+    provided = list(provided)
+    present = set(provided)
+    out: dict[str, str] = {}
+    for key in provided:
+        if key in expected or ".norm_layer." not in key:
+            continue
+        head, _, leaf = key.rpartition(".norm_layer.")
+        ours = f"{head}.{leaf}"
+        if ours in expected and ours not in present and f"{head}.conv_y.weight" not in present:
+            out[key] = ours
+    return out
 
 
 def _detect_prefix(keys: Sequence[str], expected: Sequence[str]) -> str:
@@ -120,6 +117,7 @@ def load_weights(
     ``source``: a file path or a state dict. ``prefix``: the key prefix of ``module``'s entries in the file
     (detected when None; keys outside it are ignored). ``ignore_prefixes``: file entries (after the prefix) that
     are dropped. ``missing_ok``: key prefixes of ``module`` that the file may lack (those keep their values).
+    Released SpatialNorm-wrapped plain norms are renamed first (:func:`release_key_map`).
     """
     raw = read_state_dict(source, hint) if isinstance(source, (str, Path)) else dict(source)
     expected = {k: v.shape for k, v in module.state_dict().items()}
@@ -127,6 +125,8 @@ def load_weights(
         prefix = _detect_prefix(list(raw), list(expected))
     selected = {k[len(prefix) :]: v for k, v in raw.items() if k.startswith(prefix)}
     selected = {k: v for k, v in selected.items() if not k.startswith(tuple(ignore_prefixes))}
+    renamed = release_key_map(selected, expected)
+    selected = {renamed.get(k, k): v for k, v in selected.items()}
     missing = [k for k in expected if k not in selected and not k.startswith(tuple(missing_ok))]
     unexpected = [k for k in selected if k not in expected]
     mismatched = [

@@ -20,7 +20,6 @@ Weights are never downloaded here. Where to get them (then pass the local path):
 
 from __future__ import annotations
 
-import pickle
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -28,7 +27,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from ff_lightning.interop.movq import CheckpointError, load_weights
+from ff_lightning.checkpoints import CheckpointError, flatten_tensors, read_tensors
+from ff_lightning.interop.movq import load_weights
 from ff_lightning.io import atomic_torch_save
 from ff_lightning.models.interpolation import InterpolationUNet
 from ff_lightning.models.keyframes import KeyframeUNet
@@ -64,46 +64,18 @@ def _hint_for(model: nn.Module) -> str:
 
 
 def _flatten(obj: Mapping[Any, Any], prefix: str = "") -> dict[str, torch.Tensor]:
-    """Nested mappings -> ``{"a.b.c": tensor}``; non-tensor leaves (epochs, configs, ...) are dropped."""
-    out: dict[str, torch.Tensor] = {}
-    for key, value in obj.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, torch.Tensor):
-            out[name] = value
-        elif isinstance(value, Mapping):
-            out.update(_flatten(value, f"{name}."))
-    return out
+    """Nested mappings -> ``{"a.b.c": tensor}`` (:func:`ff_lightning.checkpoints.flatten_tensors`)."""
+    return flatten_tensors(obj, prefix)
 
 
 def read_unet_checkpoint(path: str | Path, hint: str = T2I_UNET_DOWNLOAD_HINT) -> dict[str, torch.Tensor]:
-    """All tensors of a checkpoint file on CPU, nested dicts flattened to dotted keys.
+    """All tensors of a checkpoint file on CPU, nested dicts flattened to dotted keys
+    (:func:`ff_lightning.checkpoints.read_tensors`).
 
     Raises ``FileNotFoundError`` naming the file and (``hint``) where to get it, and :class:`CheckpointError` for a
     pickle holding arbitrary Python objects (refused by ``weights_only``) or a file without tensors.
     """
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise FileNotFoundError(f"UNet checkpoint not found: {path}. {hint}")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        try:
-            obj: Any = load_file(str(path), device="cpu")
-        except Exception as e:  # safetensors raises its own error types for corrupt headers
-            raise CheckpointError(f"{path} is not a readable safetensors file: {e}") from e
-    else:
-        try:
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-        except pickle.UnpicklingError as e:
-            raise CheckpointError(
-                f"refusing to load {path}: it pickles Python objects other than tensors and plain containers, which "
-                "torch.load(weights_only=True) will not execute. Re-save only the weights "
-                f"(torch.save(model.state_dict(), ...) or safetensors). Detail: {e}"
-            ) from e
-    tensors = _flatten(obj) if isinstance(obj, Mapping) else {}
-    if not tensors:
-        raise CheckpointError(f"{path} holds no tensors (a {type(obj).__name__})")
-    return tensors
+    return read_tensors(path, hint)
 
 
 def read_null_embedding(path: str | Path, hint: str = T2I_UNET_DOWNLOAD_HINT) -> torch.Tensor | None:

@@ -25,7 +25,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -34,12 +33,13 @@ from einops import rearrange, repeat
 from torch import nn
 
 from ff_lightning import registry
+from ff_lightning.checkpoints import T2I_CKPT_HINT, T2IWeights, read_t2i_checkpoint
 from ff_lightning.config import ConfigError
 from ff_lightning.models.keyframes import KEYFRAME_DESIGNS, KeyframeUNet, default_frame_stride, keyframe_unet_from_t2i
 from ff_lightning.models.unet import KandinskyUNet
 from ff_lightning.systems.t2i import DiffusionSystemConfig, LatentDiffusionSystem, _draw
 
-__all__ = ["KeyframesSystemConfig", "KeyframesModule", "read_t2i_checkpoint", "T2IWeights"]
+__all__ = ["KeyframesSystemConfig", "KeyframesModule", "read_t2i_checkpoint", "T2IWeights", "T2I_CKPT_HINT"]
 
 log = logging.getLogger(__name__)
 
@@ -57,68 +57,6 @@ class KeyframesSystemConfig(DiffusionSystemConfig):
     frame_position_unit: float | None = None  # None: the release's 180 // num_frames
     frame_rate_conditioning: bool = True  # scale frame positions by the clip's source-frame step
     sample_frame_step: float | None = None  # source-frame step of logged samples (None: data.stride)
-
-
-@dataclass
-class T2IWeights:
-    """What a text-to-image checkpoint provides: UNet state dict, optional projection / null embedding state dicts,
-    and the experiment config it was trained with (None for bare state dicts)."""
-
-    unet: dict[str, torch.Tensor]
-    text_projection: dict[str, torch.Tensor] | None
-    null_embedding: dict[str, torch.Tensor] | None
-    config: dict[str, Any] | None
-    used_ema: bool = False
-
-
-T2I_CKPT_HINT = (
-    "Train one with the t2i system (`ff train experiments/t2i/tiny.yaml module.movq_ckpt=...`; its "
-    "checkpoints/last.ckpt) or pass a Kandinsky 3 UNet state dict (see ff_lightning.interop.unet)."
-)
-
-
-def _sub(state: Mapping[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
-    return {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
-
-
-def read_t2i_checkpoint(path: str | Path, use_ema: bool = True) -> T2IWeights:
-    """Read a ``t2i`` system checkpoint (Lightning ``.ckpt``: ``state_dict`` with ``unet.*``, ``text_projection.*``,
-    ``null_embedding.*``; ``ema_state_dict``; ``hyper_parameters.config``) or a bare UNet state dict.
-
-    Files are read with ``torch.load(weights_only=True)`` (or safetensors): arbitrary pickles are refused.
-    """
-    from ff_lightning.interop.unet import read_unet_checkpoint
-
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise FileNotFoundError(f"module.t2i_ckpt not found: {path}. {T2I_CKPT_HINT}")
-    obj: Any = None
-    if path.suffix != ".safetensors":
-        try:
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as e:  # not a weights-only pickle: let the interop reader explain
-            log.debug("torch.load(weights_only) of %s failed: %s", path, e)
-    if isinstance(obj, Mapping) and isinstance(obj.get("state_dict"), Mapping):
-        state = dict(obj["state_dict"])
-        ema = obj.get("ema_state_dict") if use_ema else None
-        used_ema = bool(ema)
-        if ema:
-            state.update({k: v for k, v in ema.items() if k in state})
-        hp = obj.get("hyper_parameters") or {}
-        config = hp.get("config") if isinstance(hp, Mapping) else None
-    else:
-        state = read_unet_checkpoint(path, T2I_CKPT_HINT)
-        config, used_ema = None, False
-    unet = _sub(state, "unet.")
-    if not unet:  # a bare UNet state dict
-        unet = {k: v for k, v in state.items() if not k.startswith(("text_projection.", "null_embedding."))}
-    return T2IWeights(
-        unet=unet,
-        text_projection=_sub(state, "text_projection.") or None,
-        null_embedding=_sub(state, "null_embedding.") or None,
-        config=dict(config) if isinstance(config, Mapping) else None,
-        used_ema=used_ema,
-    )
 
 
 def _config_mismatches(cfg: Any, t2i_config: Mapping[str, Any]) -> list[str]:
@@ -198,14 +136,21 @@ class KeyframesModule(LatentDiffusionSystem):
 
     def configure_trainable(self) -> None:
         t2i = self.__dict__.pop("_t2i", None)
+        train_text = bool(self.m.train_text_projection)
         if t2i is not None:
+            absent = [name for name, part in (("text projection", t2i.text_projection),
+                                              ("null embedding", t2i.null_embedding)) if part is None]  # fmt: skip
+            if absent and not train_text:  # a random part of a pretrained model must not stay frozen
+                raise ConfigError(
+                    f"module.t2i_ckpt={self.m.t2i_ckpt} has no {' and no '.join(absent)}, which would stay random "
+                    "and frozen. Kandinsky 3.1 / Kandinsky Video 1.1 keep the projection in a separate file: import "
+                    "the release (`ff import DIR --out OUT`) and pass OUT/<stage>/module.safetensors, or train them "
+                    "(module.train_text_projection=true)"
+                )
             if t2i.text_projection is not None:
                 self.text_projection.load_state_dict(t2i.text_projection)
             if t2i.null_embedding is not None:
                 self.null_embedding.load_state_dict(t2i.null_embedding)
-            if t2i.text_projection is None and self.m.text_encoder != "t5":
-                log.warning("module.t2i_ckpt has no text projection: it starts from random weights")
-        train_text = bool(self.m.train_text_projection)
         self.text_projection.requires_grad_(train_text)
         self.null_embedding.requires_grad_(train_text)
         self.unet.freeze_inherited(True)
