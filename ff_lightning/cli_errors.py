@@ -82,10 +82,10 @@ def known_error_message(exc: BaseException) -> str | None:
         )
     ckpt = _torch_load_file(exc)
     if ckpt is not None:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        detail = (str(exc).strip().splitlines() or [""])[0].split(". ")[0] or type(exc).__name__
         return (
-            f"{ckpt} is truncated or not a PyTorch checkpoint ({first[:120]}); fix: use an intact copy (resume=auto "
-            "picks the newest checkpoint; delete the broken one) or save the file again"
+            f"{ckpt} is truncated or not a PyTorch checkpoint ({detail}); fix: use an intact copy of the file (for "
+            "`ff train resume=auto`, delete the broken checkpoint so the newest intact one is used)"
         )
     for name in _qualnames(exc):
         if name in KNOWN_ERRORS:
