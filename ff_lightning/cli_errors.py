@@ -52,32 +52,66 @@ def _one_line(text: str) -> str:
     return text.strip()
 
 
-def _torch_load_file(exc: BaseException) -> str | None:
-    """The file ``torch.load`` was reading when ``exc`` was raised (a truncated or corrupt checkpoint), else None."""
-    if not isinstance(exc, (RuntimeError, EOFError, pickle.UnpicklingError)):
-        return None
+def _no_space(exc: BaseException) -> OSError | None:
+    """The disk-full ``OSError`` of ``exc`` or of the exceptions it was raised from or while handling (torch.save
+    reports a full disk as a RuntimeError raised while handling the writer's ``OSError``)."""
+    seen: set[int] = set()
+    cur: BaseException | None = exc
+    while cur is not None and id(cur) not in seen:
+        seen.add(id(cur))
+        if isinstance(cur, OSError) and cur.errno in _NO_SPACE:
+            return cur
+        cur = cur.__cause__ or cur.__context__
+    return None
+
+
+def _torch_frame_file(exc: BaseException, function: str) -> str | None:
+    """The file that ``torch.<function>`` (``load`` / ``save`` of torch/serialization.py) was given, when ``exc`` was
+    raised inside it; else None."""
     tb: TracebackType | None = exc.__traceback__
     found = None
     while tb is not None:
         code = tb.tb_frame.f_code
-        if code.co_name == "load" and Path(code.co_filename).parts[-2:] == ("torch", "serialization.py"):
+        if code.co_name == function and Path(code.co_filename).parts[-2:] == ("torch", "serialization.py"):
             f = tb.tb_frame.f_locals.get("f")
-            found = str(f) if isinstance(f, (str, Path)) else getattr(f, "name", None) or "a checkpoint file"
+            name = f if isinstance(f, (str, Path)) else getattr(f, "name", None)
+            found = str(name) if isinstance(name, (str, Path)) else _atomic_target(exc) or "a checkpoint file"
         tb = tb.tb_next
     return found
+
+
+def _atomic_target(exc: BaseException) -> str | None:
+    """The final path of an atomic write (``ff_lightning.io.atomic_*``, which writes a temporary file descriptor)."""
+    tb: TracebackType | None = exc.__traceback__
+    found = None
+    while tb is not None:
+        frame = tb.tb_frame
+        if frame.f_code.co_name.startswith("atomic_") and isinstance(frame.f_locals.get("path"), (str, Path)):
+            found = str(frame.f_locals["path"])
+        tb = tb.tb_next
+    return found
+
+
+def _torch_load_file(exc: BaseException) -> str | None:
+    """The file ``torch.load`` was reading when ``exc`` was raised (a truncated or corrupt checkpoint), else None."""
+    if not isinstance(exc, (RuntimeError, EOFError, pickle.UnpicklingError)):
+        return None
+    return _torch_frame_file(exc, "load")
 
 
 def known_error_message(exc: BaseException) -> str | None:
     """The message to print for ``exc`` (without the ``ff CMD: error:`` prefix), or ``None`` if it is not known.
 
     Known: the classes of :data:`KNOWN_ERRORS` (and their subclasses), ``FileNotFoundError``, ``OSError`` with
-    errno ``ENOSPC`` / ``EDQUOT`` (disk full), and the errors ``torch.load`` raises on a truncated or corrupt file
+    errno ``ENOSPC`` / ``EDQUOT`` (disk full; also when it is the cause or context of ``exc``), and the errors ``torch.load`` raises on a truncated or corrupt file
     (recognised by its frame in the traceback, which also names the file). A config error may list several problems, one per line.
     """
-    if isinstance(exc, OSError) and exc.errno in _NO_SPACE:
-        where = f" writing {exc.filename}" if exc.filename else ""
+    full = _no_space(exc)
+    if full is not None:
+        filename = full.filename or _torch_frame_file(exc, "save") or _atomic_target(exc)
+        where = f" writing {filename}" if filename else ""
         return (
-            f"no space left on device{where} ({exc.strerror or exc}); fix: free disk space or point run.output_dir / "
+            f"no space left on device{where} ({full.strerror or full}); fix: free disk space or point run.output_dir / "
             "FF_CACHE_DIR at a disk with room, then rerun (resume=auto continues from the last checkpoint)"
         )
     ckpt = _torch_load_file(exc)

@@ -140,3 +140,27 @@ def test_no_usable_samples_in_training_one_line_and_log_lines_once(tmp_path: Pat
     errors = [line for line in proc.stderr.splitlines() if line.startswith("ff train: error:")]
     assert len(errors) == 1 and "no usable train sample" in errors[0] and "fix:" in errors[0]
     assert proc.stderr.count("Seed set to 0") == 1  # Lightning's handler and ours printed it twice before
+
+
+def test_disk_full_seen_through_torch_save_runtime_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """On a full tmpfs, torch.save's zip writer raises RuntimeError("... unexpected pos ...") while handling the
+    write's ENOSPC OSError (seen in a real `ff train` on a 200 KiB tmpfs): still the disk-full message, naming the
+    file of the atomic write."""
+    target = tmp_path / "checkpoints" / "last.ckpt"
+
+    def atomic_torch_save(obj: object, path: Path) -> None:  # the shape of ff_lightning.io.atomic_torch_save
+        try:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        except OSError:
+            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 174016 vs 173904") from None
+
+    def fail(args: argparse.Namespace) -> int:
+        atomic_torch_save({}, target)
+        return 0
+
+    monkeypatch.setattr(cli, "_cmd_params", fail)
+    assert main(["params", "--list"]) == 2
+    line = _err_line(capsys, "params")
+    assert f"no space left on device writing {target}" in line and "fix: free disk space" in line
