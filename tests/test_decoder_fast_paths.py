@@ -1,0 +1,93 @@
+"""The decoder's fast paths agree with the straightforward formulas they replace (old path kept callable):
+SpatialNorm (one 2c-output conv on the small latent, broadcast instead of interpolation, in place without grad),
+temporal Conv3d as three 2D convs (:func:`conv3d_as_taps`), sub-pixel upsampling, and a whole decoder against the
+frame-by-frame reference decode of ``benchmarks/decoder_speed.py``."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from ff_lightning.models.layers import SpatialNorm, Upsample, _frame_conv_reference, conv3d_as_taps
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("size", [(8, 8), (16, 8), (6, 5)])  # integer factors 2, (4, 2), and none (fallback)
+@pytest.mark.parametrize("grad", [False, True])
+def test_spatial_norm_matches_reference(size: tuple[int, int], grad: bool) -> None:
+    torch.manual_seed(0)
+    norm = SpatialNorm(16, 4, num_groups=4)
+    x, zq = torch.randn(3, 16, *size), torch.randn(3, 4, 4, 4)
+    if size == (6, 5):
+        zq = torch.randn(3, 4, 3, 2)
+    with torch.set_grad_enabled(grad):
+        ref = norm.forward_reference(x.clone(), zq)
+        got = norm(x.clone(), zq)
+    torch.testing.assert_close(got, ref, atol=1e-6, rtol=1e-6)
+    assert torch.equal(norm(x, None), norm.forward_reference(x, None))
+    if grad:  # the autograd path gives the same gradients
+        g_ref = torch.autograd.grad(ref.square().sum(), [*norm.parameters()])
+        g_got = torch.autograd.grad(got.square().sum(), [*norm.parameters()])
+        for a, b in zip(g_got, g_ref, strict=True):
+            torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-5)
+
+
+@pytest.mark.parametrize("kernel", [(3, 1, 1), (3, 3, 3)])
+@pytest.mark.parametrize("videos", [1, 2])
+@pytest.mark.parametrize("grad", [False, True])
+def test_conv3d_as_taps_matches_conv3d(kernel: tuple[int, int, int], videos: int, grad: bool) -> None:
+    torch.manual_seed(0)
+    conv = nn.Conv3d(8, 6, kernel, padding=tuple(k // 2 for k in kernel))
+    frames = 5
+    x = torch.randn(videos * frames, 8, 7, 6)
+    with torch.set_grad_enabled(grad):
+        ref = _frame_conv_reference(conv, x, frames)
+        got = conv3d_as_taps(conv, x, frames)
+    torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-5)
+    assert torch.equal(conv3d_as_taps(conv, x[:2], 1), conv3d_as_taps(conv, x[:2], 1))
+    torch.testing.assert_close(conv3d_as_taps(conv, x, 1), _frame_conv_reference(conv, x, 1), atol=1e-5, rtol=1e-5)
+    if grad:
+        g_ref = torch.autograd.grad(ref.square().sum(), [*conv.parameters()])
+        g_got = torch.autograd.grad(got.square().sum(), [*conv.parameters()])
+        for a, b in zip(g_got, g_ref, strict=True):
+            torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-5)
+
+
+@pytest.mark.parametrize("size", [(8, 8), (9, 12), (2, 3)])  # sub-pixel path, odd sizes, tiny (reference path)
+@pytest.mark.parametrize("grad", [False, True])
+def test_upsample_subpixel_matches_reference(size: tuple[int, int], grad: bool) -> None:
+    torch.manual_seed(0)
+    up = Upsample(6)
+    x = torch.randn(2, 6, *size)
+    with torch.set_grad_enabled(grad):
+        ref, got = up.forward_reference(x), up(x)
+    assert got.shape == (2, 6, 2 * size[0], 2 * size[1])
+    torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-5)
+    if grad:
+        g_ref = torch.autograd.grad(ref.square().sum(), [*up.parameters()])
+        g_got = torch.autograd.grad(got.square().sum(), [*up.parameters()])
+        for a, b in zip(g_got, g_ref, strict=True):
+            torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-5)
+
+
+@pytest.mark.parametrize("variant", ["image", "conv3x3x3_attn", "resblock_attn", "2d_to_3d"])
+def test_decoder_matches_frame_by_frame_reference(variant: str) -> None:
+    from conftest import load_benchmark
+
+    bench = load_benchmark("decoder_speed")
+    model = bench.make_model("tiny", variant, seed=0, device="cpu")  # temporal weights non-zero
+    lat = bench.make_latents(model, 32, 5, seed=1, device="cpu")
+    with torch.no_grad():
+        fast = model.decode(lat, num_frames=5)
+    ref = bench.reference_decode(model, lat, 5)
+    torch.testing.assert_close(fast, ref, atol=1e-5, rtol=1e-5)
+    with torch.no_grad():  # the patches are undone: a plain decode again
+        assert torch.equal(model.decode(lat, num_frames=5), fast)
