@@ -21,9 +21,12 @@ examples:
   ff generate "a red circle moving left slowly" --out video.mp4 --gif video.gif     # tiny models (make tiny-models)
   ff generate "a prompt" --keyframes kf.ckpt --interpolation ip.ckpt --decoder dec.ckpt --out video.mp4 \\
       --seed 3 --steps 50 --guidance 5 --passes 2 --interp-guidance 0.25 --tp 0 --skip 1 --fps 16
+  ff generate "a prompt" --pipeline imported/kv1.0 --no-decoder --device cuda --precision bf16 --info run.json
+      # an `ff import` folder (released Kandinsky Video weights; see docs/reproduce.md)
   ff generate "a prompt" --keyframes ref.ckpt --image first_frame.png --guidance 5 --image-guidance 1.5 ...
       # a reference_keyframes checkpoint; without --image its image stage (the T2I base) makes the reference
-checkpoints are Lightning .ckpt files of the keyframes / interpolation / decoder systems (e.g. runs/.../last.ckpt);
+stages are Lightning .ckpt files of the keyframes / interpolation / decoder systems (e.g. runs/.../last.ckpt) or
+`ff export` / `ff import` stage folders;
 all three must share one image-MoVQ latent space (checked: a mismatch is an error that names each stage's MoVQ).
 """
 
@@ -73,6 +76,15 @@ def add_generate_parser(sub: argparse._SubParsersAction) -> None:  # type: ignor
         "--image-guidance", type=float, default=None,
         help="image guidance weight of reference-image keyframe models (--guidance is the text weight)",
     )  # fmt: skip
+    g.add_argument(
+        "--pipeline", metavar="DIR", default=None,
+        help="an `ff import` folder: its keyframes / interpolation / decoder stages (explicit stage flags win)",
+    )  # fmt: skip
+    g.add_argument("--device", default="cpu", help="torch device (default cpu), e.g. cuda or cuda:1")
+    g.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32",
+                   help="autocast precision of sampling and decoding (default fp32)")  # fmt: skip
+    g.add_argument("--info", metavar="JSON", default=None,
+                   help="also write what was generated with which stages and weights (path + sha256) to this file")
     g.add_argument("--no-progress", action="store_true", help="no progress bars")
     g.set_defaults(fn=_cmd_generate)
 
@@ -87,6 +99,19 @@ def _resolve(args: argparse.Namespace) -> dict[str, str | None]:
         "decoder": None if args.no_decoder else args.decoder,
     }
     skipped = {"interpolation": args.no_interpolation, "decoder": args.no_decoder}
+    if getattr(args, "pipeline", None):
+        import json
+
+        root = Path(args.pipeline).expanduser()
+        manifest = root / "export.json"
+        stages = (json.loads(manifest.read_text()).get("stages") or {}) if manifest.is_file() else {}
+        if "keyframes" not in stages:
+            raise ConfigError(f"--pipeline {root}: not an `ff import` folder with a keyframes stage (no export.json "
+                              "naming one); pass the stages with --keyframes / --interpolation / --decoder")  # fmt: skip
+        for stage in wanted:
+            if wanted[stage] is None and not skipped.get(stage):
+                wanted[stage] = str(root / stages[stage]) if stage in stages else None
+                skipped[stage] = skipped.get(stage, False) or stage not in stages
     missing = [s for s, p in wanted.items() if p is None and not skipped.get(s)]
     if missing:
         tiny = find_tiny_checkpoints()
@@ -129,7 +154,17 @@ def _cmd_generate(args: argparse.Namespace) -> int:
         raise ConfigError(f"--out must name an .mp4 file, got {args.out}")
     result = generate(
         args.prompt, ckpts["keyframes"] or "", ckpts["interpolation"], ckpts["decoder"], out=out, gif=args.gif,
-        options=options,
+        options=options, device=args.device, precision=args.precision,
     )  # fmt: skip
     print(describe(result))
+    if args.info:
+        from ff_lightning.io import atomic_write_json
+
+        t, _, h, w = result.frames.shape
+        atomic_write_json(args.info, {
+            "prompt": args.prompt, "frames": t, "size": [h, w], "fps": result.fps, "decoder": result.decoder,
+            "device": args.device, "precision": args.precision, "seed": args.seed, "stages": result.weights,
+            "outputs": [str(p) for p in result.paths],
+        })  # fmt: skip
+        print(f"wrote {args.info}")
     return 0

@@ -113,6 +113,7 @@ class GenerationResult:
     fps: float
     seconds: dict[str, float]
     paths: list[Path] = field(default_factory=list)
+    weights: dict[str, dict[str, Any]] = field(default_factory=dict)  # stage -> path, sha256, system, ...
 
 
 # ----------------------------------------------------------------------------------------------------- loading
@@ -445,10 +446,17 @@ def generate(
     out: str | os.PathLike[str] | None = None,
     gif: str | os.PathLike[str] | None = None,
     options: GenerateOptions | None = None,
+    device: str | torch.device = "cpu",
+    precision: str = "fp32",
 ) -> GenerationResult:
-    """Load the stages, generate, and write ``out`` (mp4) / ``gif`` when given."""
-    stages = load_stages(keyframes, interpolation, decoder)
-    result = generate_video(stages, prompt, options)
+    """Load the stages (checkpoints or export / import folders) onto ``device``, generate under ``precision``
+    (``fp32`` | ``bf16`` | ``fp16`` autocast), and write ``out`` (mp4) / ``gif`` when given. The result's ``weights``
+    record each stage's path and sha256."""
+    from ff_lightning.pipelines import VideoPipeline
+
+    pipe = VideoPipeline.from_paths(keyframes, interpolation, decoder, device=device, precision=precision)
+    result = pipe.generate(prompt, options)
+    result.weights = pipe.weights()
     if out is not None or gif is not None:
         if out is None:
             raise ValueError("gif needs out (the mp4) too")

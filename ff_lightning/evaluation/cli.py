@@ -93,7 +93,7 @@ def format_summary(record: dict[str, Any], path: Path | str | None = None) -> st
 
 
 def _generator_options(args: argparse.Namespace) -> dict[str, Any]:
-    given = {k: getattr(args, k, None) for k in ("sample_steps", "guidance_weight", "sampler", "movq")}
+    given = {k: getattr(args, k, None) for k in ("sample_steps", "guidance_weight", "sampler", "movq", "precision", "passes")}
     given = {k: v for k, v in given.items() if v is not None}
     if given and getattr(args, "keyframes", None) is None:
         flags = ", ".join("--" + k.replace("_", "-") for k in given)
@@ -187,6 +187,8 @@ def _common(p: argparse.ArgumentParser, benchmark: str) -> None:
     who = p.add_mutually_exclusive_group(required=benchmark != "offline")
     who.add_argument("--generator", help="a registered generator (test_noise, test_shapes, ...)")
     who.add_argument("--keyframes", metavar="CKPT", help="a checkpoint of the keyframes system (any preset)")
+    who.add_argument("--pipeline", dest="keyframes", metavar="DIR",
+                     help="the full pipeline of an `ff import` folder (keyframes -> interpolation -> decoder)")
     p.add_argument("--protocol", help=f"protocol yaml (default: the released {benchmark} protocol)")
     p.add_argument("--data-root", help="dataset root" + (" (default: the bundled cache)" if benchmark == "offline"
                                                           else ""))
@@ -207,6 +209,9 @@ def _common(p: argparse.ArgumentParser, benchmark: str) -> None:
                    help="classifier-free guidance weight (default: the checkpoint's module.guidance_weight)")
     k.add_argument("--sampler", choices=["ddim", "ddpm"], help="sampler (default: the checkpoint's module.sampler)")
     k.add_argument("--movq", help="the frozen image MoVQ file (default: the checkpoint's module.movq_ckpt)")
+    k.add_argument("--precision", choices=["fp32", "bf16", "fp16"],
+                   help="autocast precision of the generation (default fp32)")
+    k.add_argument("--passes", type=int, help="interpolation passes of a --pipeline (default 1; Table 2: 2)")
     p.set_defaults(fn=_guarded(_run))
 
 

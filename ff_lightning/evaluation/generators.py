@@ -182,8 +182,8 @@ def from_checkpoint(path: str | Path, **hints: Any) -> NamedGenerator:
     for module in _BUILTIN_LOADERS:
         importlib.import_module(module)
     p = Path(path).expanduser()
-    if not p.is_file():
-        raise FileNotFoundError(f"keyframe checkpoint not found: {p}")
+    if not p.exists():
+        raise FileNotFoundError(f"keyframe checkpoint not found (nor a pipeline folder): {p}")
     reasons = []
     for loader in _CHECKPOINT_LOADERS:
         try:
@@ -195,7 +195,7 @@ def from_checkpoint(path: str | Path, **hints: Any) -> NamedGenerator:
             from ff_lightning.metrics.weights import sha256_file
 
             gen.identity.setdefault("kind", "checkpoint")
-            gen.identity.update({"checkpoint": str(p.resolve()), "checkpoint_sha256": sha256_file(p)})
+            gen.identity.update({"checkpoint": str(p.resolve()), "checkpoint_sha256": sha256_file(p) if p.is_file() else None})
             return gen
         reasons.append(f"{getattr(loader, '__name__', loader)}: not its kind")
     if len(reasons) == 1:

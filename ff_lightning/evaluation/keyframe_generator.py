@@ -38,7 +38,13 @@ from omegaconf import OmegaConf
 
 from ff_lightning.evaluation.generators import GeneratorUnavailable, NamedGenerator, register_checkpoint_loader
 
-__all__ = ["SAMPLING_OPTIONS", "adapt_frames", "keyframe_checkpoint_config", "load_keyframes_generator"]
+__all__ = [
+    "SAMPLING_OPTIONS",
+    "adapt_frames",
+    "keyframe_checkpoint_config",
+    "load_keyframes_generator",
+    "load_pipeline_generator",
+]
 
 log = logging.getLogger(__name__)
 
@@ -57,10 +63,12 @@ def adapt_frames(videos: torch.Tensor, num_frames: int) -> torch.Tensor:
 
 
 def _read(path: Path) -> Any:
-    from ff_lightning.ablate import _read_checkpoint
+    from ff_lightning.checkpoints import load_checkpoint
 
+    if path.is_dir():
+        raise GeneratorUnavailable(f"{path} is a folder, not a keyframe checkpoint file")
     try:
-        return _read_checkpoint(path)
+        return load_checkpoint(path, "cpu", mmap=True)
     except Exception as e:  # not a torch file, or a pickle that weights_only refuses
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise GeneratorUnavailable(
@@ -125,8 +133,10 @@ def load_keyframes_generator(
     guidance_weight: float | None = None,
     sampler: str | None = None,
     movq: str | None = None,
+    precision: str = "fp32",
+    passes: int | None = None,
 ) -> NamedGenerator:
-    """A generator from a keyframe checkpoint (see the module docstring).
+    """A generator from a keyframe checkpoint (see the module docstring); ``precision``: autocast of the sampling.
 
     ``num_frames`` / ``size`` / ``fps`` are the protocol's generation hints: ``num_frames`` decides the frame
     adaptation; the size is the module's own (``size`` is recorded, not used). Raises :class:`GeneratorUnavailable`
@@ -135,9 +145,12 @@ def load_keyframes_generator(
     from ff_lightning.ablate import _load_checkpoint
     from ff_lightning.config import compose
     from ff_lightning.metrics.weights import sha256_file
+    from ff_lightning.pipelines import autocast
 
     p = Path(path)
     obj = _read(p)
+    if passes is not None:
+        raise GeneratorUnavailable(f"{p}: --passes applies to a --pipeline folder, not to keyframe checkpoints")
     raw = keyframe_checkpoint_config(p, obj)
     step = obj.get("global_step")
     del obj
@@ -180,8 +193,9 @@ def load_keyframes_generator(
                       f"(stored frame i = generated frame floor(i * {t} / {wanted}))")  # fmt: skip
 
     def fn(prompts: list[str], seed: int) -> torch.Tensor:
-        v = module.generate(list(prompts), latent_hw, steps=steps, sampler=method, guidance_weight=weight,
-                            seed=int(seed))  # (B, T, 3, H, W)
+        with autocast(dev, precision):
+            v = module.generate(list(prompts), latent_hw, steps=steps, sampler=method, guidance_weight=weight,
+                                seed=int(seed))  # (B, T, 3, H, W)
         return adapt_frames(v.float().clamp(-1, 1).cpu(), wanted)
 
     sha = sha256_file(p)
@@ -206,6 +220,8 @@ def load_keyframes_generator(
                      "prediction": str(mc.prediction)},  # fmt: skip
         "frames": {"generated": t, "stored": stored, "protocol": wanted, "adaptation": adaptation},
         "size": [h, w],
+        "precision": precision,
+        "device": str(dev),
         "protocol_size_hint": list(size) if size is not None else None,
         "fps_hint": fps,
     }
@@ -221,4 +237,81 @@ def _short(x: float) -> str:
     return f"{x:g}" if math.isfinite(x) else str(x)
 
 
+def load_pipeline_generator(
+    path: str | Path,
+    *,
+    num_frames: int = 16,
+    size: Any = None,
+    fps: float | None = None,
+    device: str = "cpu",
+    precision: str = "fp32",
+    sample_steps: int | None = None,
+    guidance_weight: float | None = None,
+    sampler: str | None = None,
+    movq: str | None = None,
+    passes: int | None = None,
+) -> NamedGenerator:
+    """A full-pipeline generator (keyframes -> interpolation -> decoder) from an ``ff import`` folder
+    (:class:`~ff_lightning.pipelines.VideoPipeline`): the paper's Table 1 protocol scores the pipeline's video.
+
+    Each video is the pipeline's output (``K`` keyframes -> ``4^passes (K - 1) + 1`` frames); the protocol's
+    ``num_frames`` (16 for IS / FVD) are its first ``num_frames`` consecutive frames. Shorter videos are repeated in
+    order and marked not comparable. The identity records every stage's weights (path + sha256), the release files
+    an import came from, device and precision.
+    """
+    from ff_lightning.pipeline import GenerateOptions
+    from ff_lightning.pipelines import VideoPipeline
+
+    p = Path(path).expanduser()
+    if not (p.is_dir() and VideoPipeline.is_pipeline_folder(p)):
+        raise GeneratorUnavailable(f"{p} is not a pipeline folder (an `ff import` folder whose export.json names a "
+                                   "keyframes stage)")  # fmt: skip
+    if sampler is not None or movq is not None:
+        raise GeneratorUnavailable(f"{p}: --sampler / --movq apply to keyframe checkpoints, not to pipeline folders")
+    passes = 1 if passes is None else int(passes)
+    if passes < 0:
+        raise GeneratorUnavailable(f"--passes must be >= 0, got {passes}")
+    pipe = VideoPipeline.from_folder(p, device=device, precision=precision, use_interpolation=passes > 0)
+    if passes > 0 and pipe.interpolation is None:
+        raise GeneratorUnavailable(f"{p} has no interpolation stage: use --passes 0 (keyframes only)")
+    options = GenerateOptions(steps=sample_steps, guidance_weight=guidance_weight, passes=passes, progress=False)
+    wanted = int(num_frames)
+    k = int(pipe.keyframes.num_frames)
+    made = 4**passes * (k - 1) + 1
+    adaptation = None
+    if made < wanted:
+        adaptation = (f"the pipeline makes {made} frames, the protocol reads {wanted}: each frame repeated in order")
+
+    def fn(prompts: list[str], seed: int) -> torch.Tensor:
+        videos = pipe.sample(prompts, seed, options)  # (B, T, 3, H, W)
+        return adapt_frames(videos, wanted)[:, :wanted] if made < wanted else videos[:, :wanted]
+
+    h, w = (int(s) for s in pipe.keyframes.cfg.data.size)
+    name = f"pipeline-{pipe.keyframes.cfg.model.preset}-{pipe.fingerprint()}"
+    identity: dict[str, Any] = {
+        "name": name,
+        "kind": "pipeline",
+        "stages": pipe.weights(),
+        "decoder": "video decoder" if pipe.decoder is not None else "image MoVQ decoder, frame by frame",
+        "sampling": {"sampler": str(pipe.keyframes.m.sampler),
+                     "sample_steps": sample_steps or int(pipe.keyframes.m.sample_steps),
+                     "guidance_weight": guidance_weight if guidance_weight is not None
+                     else float(pipe.keyframes.m.guidance_weight), "passes": passes,
+                     "seed_rule": "prompt i of a batch: batch seed * 1009 + i"},  # fmt: skip
+        "frames": {"keyframes": k, "generated": made, "protocol": wanted, "clip": f"frames 0..{wanted - 1}",
+                   "adaptation": adaptation},  # fmt: skip
+        "size": [h, w],
+        "device": str(device),
+        "precision": precision,
+        "protocol_size_hint": list(size) if size is not None else None,
+        "fps_hint": fps,
+    }
+    if adaptation is not None:
+        identity["not_comparable"] = adaptation
+    log.info("pipeline generator %s: %d keyframes -> %d frames at %dx%d (%s, %s)", name, k, made, h, w, device,
+             precision)  # fmt: skip
+    return NamedGenerator(name, fn, identity)
+
+
+register_checkpoint_loader(load_pipeline_generator)
 register_checkpoint_loader(load_keyframes_generator)

@@ -1,0 +1,82 @@
+"""The inference pipeline object (:mod:`ff_lightning.pipelines`) on a tiny ``ff import`` folder: stages and weights
+recorded, precision, ``ff generate --pipeline`` and the full-pipeline benchmark generator."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from ff_lightning.checkpoints import sha256_file
+from ff_lightning.interop.release import import_release
+
+sys.path.insert(0, str(Path(__file__).parent))
+from release_files import TINY, write_release  # noqa: E402
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def imported(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("kv10")
+    write_release(root / "src", "kv1.0")
+    import_release(root / "src", root / "out", spec=TINY)
+    return root / "out"
+
+
+def test_pipeline_from_import_folder_records_stages_and_weights(imported: Path) -> None:
+    from ff_lightning.pipeline import GenerateOptions
+    from ff_lightning.pipelines import VideoPipeline
+    from ff_lightning.systems.interpolation import InterpolationModule
+    from ff_lightning.systems.keyframes import KeyframesModule
+
+    pipe = VideoPipeline.from_folder(imported)
+    assert isinstance(pipe.keyframes, KeyframesModule) and isinstance(pipe.interpolation, InterpolationModule)
+    assert pipe.decoder is None  # KV 1.0 decodes with its image MoVQ
+    weights = pipe.weights()
+    assert weights["keyframes"]["sha256"] == sha256_file(imported / "keyframes" / "module.safetensors")
+    assert weights["interpolation"]["imported_from"]["format"] == "kv1.0"
+    source = weights["keyframes"]["imported_from"]["files"]["keyframes"]
+    assert source["sha256"] == sha256_file(source["path"])
+    options = GenerateOptions(steps=2, interp_steps=2, progress=False)
+    a = pipe.sample(["a red circle", "a blue square"], seed=3, options=options)
+    assert a.shape == (2, 13, 3, 32, 32) and a.dtype == torch.float32
+    assert torch.equal(a, pipe.sample(["a red circle", "a blue square"], seed=3, options=options))
+    assert not torch.equal(a[0], a[1])
+    pipe.precision = "bf16"
+    b = pipe.sample(["a red circle"], seed=3, options=options)
+    assert b.dtype == torch.float32 and torch.isfinite(b).all() and not torch.equal(b[0], a[0])
+
+
+def test_ff_generate_pipeline_device_precision_info(imported: Path, tmp_path: Path) -> None:
+    from ff_lightning.cli import main
+
+    info = tmp_path / "run.json"
+    rc = main(["generate", "a red circle", "--pipeline", str(imported), "--steps", "2", "--interp-steps", "2",
+               "--out", str(tmp_path / "v.mp4"), "--device", "cpu", "--precision", "bf16", "--info", str(info),
+               "--no-progress"])  # fmt: skip
+    assert rc == 0 and (tmp_path / "v.mp4").stat().st_size > 0
+    record = json.loads(info.read_text())
+    assert record["precision"] == "bf16" and record["frames"] == 13
+    assert set(record["stages"]) == {"keyframes", "interpolation"}
+    assert record["stages"]["keyframes"]["path"] == str((imported / "keyframes").resolve())
+
+
+def test_pipeline_benchmark_generator_scores_the_pipelines_frames(imported: Path) -> None:
+    from ff_lightning.evaluation.generators import from_checkpoint
+
+    gen = from_checkpoint(imported, num_frames=16, size=[32, 32], fps=None, device="cpu", sample_steps=2)
+    assert gen.identity["kind"] == "pipeline"
+    assert set(gen.identity["stages"]) == {"keyframes", "interpolation"}
+    assert "13 frames" in gen.identity["not_comparable"]  # 4 tiny keyframes -> 13 < 16
+    videos = gen.fn(["a red circle"], 0)
+    assert videos.shape == (1, 16, 3, 32, 32)
