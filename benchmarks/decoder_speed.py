@@ -45,6 +45,7 @@ and no amount of compute, so throughput and memory are unaffected.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import json
 import math
@@ -52,15 +53,18 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from ff_lightning.io import atomic_open, atomic_write_text
-from ff_lightning.models.movq import MoVQ
+from ff_lightning.models import layers
+from ff_lightning.models.layers import AttnBlock, SpatialNorm, Upsample
+from ff_lightning.models.movq import Decoder, MoVQ
 from ff_lightning.models.video_decoder import (
     VARIANTS,
     decode_video,
@@ -112,6 +116,12 @@ CSV_COLUMNS = (
     "mem_ratio_vs_image",
     "max_abs_diff_vs_full",
     "max_abs_output",
+    "ref_time_median_s",  # section "reference": the frame-by-frame reference decode of the same weights
+    "speedup_vs_reference",  # median over rounds of time(reference) / time(decoder) in the same round
+    "ref_peak_mem_mib",
+    "mem_ratio_vs_reference",  # peak(decoder) / peak(reference)
+    "max_abs_diff_vs_reference",
+    "time_ratio_chunked_vs_full",  # section "chunk_time": median over rounds of time(chunked) / time(full)
 )
 _MIB = 2.0**20
 
@@ -165,7 +175,63 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def _decode(model: MoVQ, latents: torch.Tensor, frames: int, chunk_frames: int | None, context: int) -> torch.Tensor:
+def _per_frame(fn: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
+    """``fn`` applied to one row (frame) of its batch at a time; tensor arguments with as many rows are split too."""
+
+    def run(x: torch.Tensor, *rest: Any) -> torch.Tensor:
+        n = x.shape[0]
+        outs = []
+        for i in range(n):
+            extra = [r[i : i + 1] if isinstance(r, torch.Tensor) and r.shape[0] == n else r for r in rest]
+            outs.append(fn(x[i : i + 1], *extra))
+        return torch.cat(outs)
+
+    return run
+
+
+@contextlib.contextmanager
+def frame_by_frame(decoder: Decoder) -> Iterator[None]:
+    """Within the context ``decoder`` decodes with the released Kandinsky Video calling convention: every 2D op
+    (each Conv2d, SpatialNorm / GroupNorm, spatial attention, upsampling) runs once per frame, with the
+    straightforward formulas (SpatialNorm interpolates ``zq`` then applies ``conv_y`` / ``conv_b``:
+    :meth:`~ff_lightning.models.layers.SpatialNorm.forward_reference`; Upsample interpolates then convolves;
+    temporal convs run as ``nn.Conv3d`` on
+    ``b c t h w``); temporal ops see the whole video. Same weights, same outputs up to float rounding."""
+    patched: list[nn.Module] = []
+    for module in decoder.modules():
+        if isinstance(module, (SpatialNorm, Upsample)):
+            module.forward = _per_frame(module.forward_reference)
+        elif isinstance(module, (AttnBlock, nn.Conv2d, nn.GroupNorm)):
+            module.forward = _per_frame(module.forward)
+        else:
+            continue
+        patched.append(module)
+    fast_conv = layers._frame_conv
+    layers._frame_conv = layers._frame_conv_reference
+    try:
+        yield
+    finally:
+        layers._frame_conv = fast_conv
+        for module in patched:
+            del module.forward  # back to the class's forward
+
+
+def reference_decode(model: MoVQ, latents: torch.Tensor, frames: int) -> torch.Tensor:
+    """The whole video decoded under :func:`frame_by_frame` (no gradients). ``latents``: ``(b t) c h w``."""
+    with torch.no_grad(), frame_by_frame(model.decoder):
+        return model.decoder(_per_frame(model.post_quant_conv.forward)(latents), latents, num_frames=frames)
+
+
+def _decode(
+    model: MoVQ,
+    latents: torch.Tensor,
+    frames: int,
+    chunk_frames: int | None,
+    context: int,
+    reference: bool = False,
+) -> torch.Tensor:
+    if reference:
+        return reference_decode(model, latents, frames)
     return decode_video(model, latents, frames, chunk_frames=chunk_frames, context_frames=context)
 
 
@@ -219,6 +285,74 @@ def measure_throughput(args: argparse.Namespace, variants: Sequence[str]) -> dic
     return out
 
 
+def measure_vs_reference(args: argparse.Namespace) -> dict[tuple[str, int], dict[str, Any]]:
+    """Whole decode versus :func:`reference_decode` (same model, same latents) for every ``--ref-variants`` x
+    ``--ref-frames``: one warm-up each, then ``args.repeats`` rounds, each timing both back to back (the order
+    alternating between rounds). Returns medians, the median per-round speed-up and the max output difference."""
+    out: dict[tuple[str, int], dict[str, Any]] = {}
+    for v in args.ref_variants:
+        model = make_model(args.preset, v, seed=args.seed, device=args.device)
+        for frames in args.ref_frames:
+            latents = make_latents(model, args.size, frames, seed=args.seed + 2, device=args.device)
+            with torch.no_grad():
+                fast, ref = _decode(model, latents, frames, None, 0), reference_decode(model, latents, frames)
+            diff = (fast - ref).abs().max().item()
+            del fast, ref
+            times: dict[bool, list[float]] = {False: [], True: []}
+            for r in range(args.repeats):
+                for reference in (False, True) if r % 2 == 0 else (True, False):
+                    _sync(args.device)
+                    t0 = time.perf_counter()
+                    with torch.no_grad():
+                        _decode(model, latents, frames, None, 0, reference)
+                    _sync(args.device)
+                    times[reference].append(time.perf_counter() - t0)
+            speedups = [tr / tf for tf, tr in zip(times[False], times[True], strict=True)]
+            out[(v, frames)] = dict(
+                time_median_s=statistics.median(times[False]),
+                ref_time_median_s=statistics.median(times[True]),
+                speedup_vs_reference=statistics.median(speedups),
+                max_abs_diff_vs_reference=diff,
+            )
+            print(f"  {v:<15} T={frames:<3} x{out[(v, frames)]['speedup_vs_reference']:.2f} vs reference", flush=True)
+        del model
+    return out
+
+
+def measure_chunk_time(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
+    """Chunked (``--chunk-frames`` / ``--context-frames``) versus whole decode time of one ``--chunk-time-frames``
+    video per ``--sweep-variants``: a warm-up, then ``args.repeats`` rounds, both back to back, order alternating."""
+    frames = args.chunk_time_frames
+    out: dict[str, dict[str, Any]] = {}
+    for v in args.sweep_variants:
+        model = make_model(args.preset, v, seed=args.seed, device=args.device)
+        latents = make_latents(model, args.size, frames, seed=args.seed + 2, device=args.device)
+        with torch.no_grad():
+            full = _decode(model, latents, frames, None, 0)
+            chunked = _decode(model, latents, frames, args.chunk_frames, args.context_frames)
+        diff = (full - chunked).abs().max().item()
+        del full, chunked
+        times: dict[bool, list[float]] = {False: [], True: []}
+        for r in range(args.repeats):
+            for is_chunked in (False, True) if r % 2 == 0 else (True, False):
+                _sync(args.device)
+                t0 = time.perf_counter()
+                with torch.no_grad():
+                    _decode(model, latents, frames, args.chunk_frames if is_chunked else None, args.context_frames)
+                _sync(args.device)
+                times[is_chunked].append(time.perf_counter() - t0)
+        ratios = [tc / tf for tf, tc in zip(times[False], times[True], strict=True)]
+        out[v] = dict(
+            time_median_s=statistics.median(times[False]),
+            chunked_time_median_s=statistics.median(times[True]),
+            time_ratio_chunked_vs_full=statistics.median(ratios),
+            max_abs_diff_vs_full=diff,
+        )
+        print(f"  {v:<15} T={frames} chunked / full time {out[v]['time_ratio_chunked_vs_full']:.2f}", flush=True)
+        del model
+    return out
+
+
 # ----------------------------------------------------------------------------------------------------------- memory
 def measure_point(spec: dict[str, Any]) -> dict[str, Any]:
     """One memory measurement in *this* process: build, decode once, report peak growth; save the output.
@@ -235,21 +369,22 @@ def measure_point(spec: dict[str, Any]) -> dict[str, Any]:
     result: dict[str, Any] = {}
     with torch.no_grad():
         # warm-up on one frame: pages in library code, loads kernels and one-time caches, which would otherwise count
-        _decode(model, latents[:1], 1, None, 0)
+        reference = bool(spec.get("reference", False))
+        _decode(model, latents[:1], 1, None, 0, reference)
         gc.collect()
         if device.startswith("cuda"):
             torch.cuda.synchronize()
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats()
             base = torch.cuda.memory_allocated()
-            out = _decode(model, latents, spec["frames"], chunk, context)
+            out = _decode(model, latents, spec["frames"], chunk, context, reference)
             torch.cuda.synchronize()
             result["peak_mem_mib"] = (torch.cuda.max_memory_allocated() - base) / _MIB
             result["peak_reset"] = True
         else:
             result["peak_reset"] = reset_peak_rss()
             before = proc_status_kib()
-            out = _decode(model, latents, spec["frames"], chunk, context)
+            out = _decode(model, latents, spec["frames"], chunk, context, reference)
             after = proc_status_kib()
             result["peak_mem_mib"] = max(after["VmHWM"] - before["VmRSS"], 0) / 1024
             result["rss_before_mib"] = before["VmRSS"] / 1024
@@ -355,6 +490,47 @@ def write_markdown(path: Path, args: argparse.Namespace, rows: list[dict[str, An
                 f"{_fmt(chunked['context_frames'])} | {_fmt(chunked['max_abs_diff_vs_full'])} | "
                 f"{_fmt(chunked['max_abs_output'])} |"
             )
+    ref_rows = [r for r in rows if r["section"] == "reference"]
+    if ref_rows:
+        lines += [
+            "",
+            "## Versus the frame-by-frame reference decode (same weights)",
+            "",
+            "Reference = `reference_decode` in this script: the release's calling convention, every 2D op (conv, "
+            "norm, spatial attention, upsampling) once per frame with the straightforward formulas (SpatialNorm "
+            "interpolates zq then two 1x1 convs; interpolate-then-conv upsampling; temporal convs as nn.Conv3d), "
+            "temporal ops over the whole video. *speed-up* = median over rounds of time(reference) / time(decoder), "
+            "both timed back to back in each round; *mem ratio* = peak(decoder) / peak(reference), each in a fresh "
+            "process.",
+            "",
+            "| variant | T | decoder s | reference s | speed-up | decoder peak MiB | reference peak MiB | mem ratio "
+            "| max abs diff |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        for r in ref_rows:
+            lines.append(
+                f"| {r['variant']} | {r['frames']} | {r['time_median_s']:.3f} | {r['ref_time_median_s']:.3f} | "
+                f"{r['speedup_vs_reference']:.2f} | {r['peak_mem_mib']:.1f} | {r['ref_peak_mem_mib']:.1f} | "
+                f"{r['mem_ratio_vs_reference']:.2f} | {_fmt(r['max_abs_diff_vs_reference'])} |"
+            )
+    ct_rows = [r for r in rows if r["section"] == "chunk_time"]
+    if ct_rows:
+        lines += [
+            "",
+            f"## Chunked versus whole decode time (T = {args.chunk_time_frames})",
+            "",
+            f"`decode_video(chunk_frames={args.chunk_frames}, context_frames={args.context_frames})` against one "
+            "whole decode; median over rounds of time(chunked) / time(whole), both back to back in each round.",
+            "",
+            "| variant | T | whole s | chunked / whole time | context used | max abs diff |",
+            "|---|---:|---:|---:|---:|---:|",
+        ]
+        for r in ct_rows:
+            lines.append(
+                f"| {r['variant']} | {r['frames']} | {r['time_median_s']:.3f} | "
+                f"{r['time_ratio_chunked_vs_full']:.2f} | {r['context_frames']} | "
+                f"{_fmt(r['max_abs_diff_vs_full'])} |"
+            )
     lines += ["", "## Notes", ""]
     lines += [f"- {n}" for n in meta["notes"]]
     lines.append("")
@@ -435,6 +611,19 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default=list(DEFAULT_SWEEP),
         help=f"variants for memory vs length (default {' '.join(DEFAULT_SWEEP)}; none: skip)",
     )
+    p.add_argument(
+        "--ref-variants",
+        nargs="*",
+        default=["image", "conv3x1x1", "conv3x3x3_attn", "resblock_attn"],
+        help="variants timed against the frame-by-frame reference decode (default image conv3x1x1\n"
+        "conv3x3x3_attn resblock_attn; none: skip)",
+    )
+    p.add_argument(
+        "--ref-frames", type=int, nargs="+", default=[8, 16], help="video lengths of the reference comparison"
+    )
+    p.add_argument(
+        "--chunk-time-frames", type=int, default=32, help="video length of the chunked-vs-whole timing (default 32)"
+    )
     p.add_argument("--chunk-frames", type=int, default=8, help="chunk size for the chunked decode (default 8)")
     p.add_argument("--context-frames", type=int, default=4, help="decode_video context_frames (default 4)")
     p.add_argument("--repeats", type=int, default=5, help="timed rounds after the warm-up (default 5)")
@@ -448,7 +637,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--_child", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args._child is None:
-        unknown = [v for v in [*args.variants, *args.sweep_variants] if v not in VARIANTS]
+        unknown = [v for v in [*args.variants, *args.sweep_variants, *args.ref_variants] if v not in VARIANTS]
         if unknown:
             p.error(f"unknown variant(s) {unknown}; valid: {', '.join(VARIANTS)}")
         if args.device.startswith("cuda") and not torch.cuda.is_available():
@@ -468,7 +657,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def _point(args: argparse.Namespace, variant: str, frames: int, chunk: int | None, output: str | None) -> dict:
+def _point(
+    args: argparse.Namespace, variant: str, frames: int, chunk: int | None, output: str | None, reference: bool = False
+) -> dict:
     if chunk is not None and chunk >= frames:
         chunk = None  # decode_video decodes the whole video in one call: the same measurement as the full decode
     return dict(
@@ -482,6 +673,7 @@ def _point(args: argparse.Namespace, variant: str, frames: int, chunk: int | Non
         device=args.device,
         threads=args.threads,
         output=output,
+        reference=reference,
     )
 
 
@@ -505,10 +697,20 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Path]:
 
     print(f"[1/3] throughput, T={args.throughput_frames}, {args.repeats} rounds after a warm-up", flush=True)
     tput = measure_throughput(args, args.variants)
+    print(f"[1b] whole decode vs the frame-by-frame reference, T={args.ref_frames}", flush=True)
+    vs_ref = measure_vs_reference(args)
+    print(f"[1c] chunked vs whole decode time, T={args.chunk_time_frames}", flush=True)
+    chunk_time = measure_chunk_time(args)
 
     print("[2/3] peak memory per variant" + (" (one fresh process each)" if args.device == "cpu" else ""), flush=True)
     with tempfile.TemporaryDirectory(prefix="ff_decoder_speed_") as tmp:
         var_specs = [_point(args, v, args.throughput_frames, None, None) for v in args.variants]
+        ref_specs = {
+            (v, t, reference): _point(args, v, t, None, None, reference)
+            for v in args.ref_variants
+            for t in args.ref_frames
+            for reference in (False, True)
+        }
         sweep: list[tuple[str, int, str, dict]] = []
         for v in args.sweep_variants:
             for t in args.frames:
@@ -516,7 +718,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Path]:
                     sweep.append((v, t, mode, _point(args, v, t, chunk, str(Path(tmp) / f"{v}_{t}_{mode}.pt"))))
         # identical measurements (chunk >= T is the full decode) run once
         unique: dict[str, dict] = {}
-        for spec in [*var_specs, *(s for *_, s in sweep)]:
+        for spec in [*var_specs, *ref_specs.values(), *(s for *_, s in sweep)]:
             key = json.dumps({k: v for k, v in spec.items() if k != "output"}, sort_keys=True)
             if key not in unique or (spec["output"] and not unique[key]["output"]):
                 unique[key] = spec
@@ -570,6 +772,38 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Path]:
                 row["max_abs_diff_vs_full"] = (chunk_out - full_out).abs().max().item()
                 row["max_abs_output"] = full_out.abs().max().item()
             rows.append(row)
+        for (v, t), res in vs_ref.items():
+            mem, ref_mem = (result_of(ref_specs[(v, t, r)])["peak_mem_mib"] for r in (False, True))
+            rows.append(
+                dict(
+                    section="reference",
+                    variant=v,
+                    mode="full",
+                    frames=t,
+                    repeats=args.repeats,
+                    **common,
+                    **res,
+                    peak_mem_mib=mem,
+                    ref_peak_mem_mib=ref_mem,
+                    mem_ratio_vs_reference=mem / ref_mem if ref_mem > 0 else float("nan"),
+                )
+            )
+        for v, res in chunk_time.items():
+            rows.append(
+                dict(
+                    section="chunk_time",
+                    variant=v,
+                    mode="chunked",
+                    frames=args.chunk_time_frames,
+                    chunk_frames=args.chunk_frames,
+                    context_frames=int(min(args.context_frames, radius.get(v, 0))),
+                    repeats=args.repeats,
+                    **common,
+                    time_median_s=res["time_median_s"],
+                    time_ratio_chunked_vs_full=res["time_ratio_chunked_vs_full"],
+                    max_abs_diff_vs_full=res["max_abs_diff_vs_full"],
+                )
+            )
 
     runtime = time.perf_counter() - start
     notes = [

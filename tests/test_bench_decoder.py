@@ -29,6 +29,7 @@ def test_main_writes_md_csv_png(bench: ModuleType, tmp_path: Path) -> None:
                 "--preset", "tiny", "--size", "16", "--throughput-frames", "4", "--frames", "4", "--device", "cpu",
                 "--variants", "conv3x1x1",  # "image" (the ratio reference) is added automatically
                 "--sweep-variants", "conv3x1x1", "--chunk-frames", "2", "--repeats", "1",
+                "--ref-variants", "conv3x1x1", "--ref-frames", "3", "--chunk-time-frames", "4",
                 "--jobs", "2", "--out", str(tmp_path / "ds"),
             ]
         )  # fmt: skip
@@ -55,5 +56,12 @@ def test_main_writes_md_csv_png(bench: ModuleType, tmp_path: Path) -> None:
     # chunks of 2 with 4 context frames see the whole 4-frame video: equal to the full decode up to rounding
     assert float(sweep["chunked"]["max_abs_diff_vs_full"]) < 1e-4
 
+    ref = [r for r in rows if r["section"] == "reference"]
+    assert [(r["variant"], r["frames"]) for r in ref] == [("conv3x1x1", "3")]
+    assert float(ref[0]["speedup_vs_reference"]) > 0 and float(ref[0]["ref_peak_mem_mib"]) >= 0
+    assert float(ref[0]["max_abs_diff_vs_reference"]) < 1e-4  # the same weights decode the same frames
+    chunk_time = [r for r in rows if r["section"] == "chunk_time"]
+    assert [r["variant"] for r in chunk_time] == ["conv3x1x1"] and float(chunk_time[0]["time_ratio_chunked_vs_full"]) > 0
     md = paths["md"].read_text()
     assert "| variant | params (M) |" in md and "| conv3x1x1 | 4 |" in md
+    assert "## Versus the frame-by-frame reference decode" in md and "## Chunked versus whole decode time" in md

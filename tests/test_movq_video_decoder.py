@@ -219,7 +219,7 @@ def test_chunked_decode_with_enough_context_matches_full(variant: str) -> None:
         assert (short - full).abs().max() > 1e-6
 
 
-def test_chunked_decode_attention_is_exact_at_init_and_bounded(image_movq: MoVQ) -> None:
+def test_chunked_decode_attention_values(image_movq: MoVQ) -> None:
     model = video_decoder_from_image(image_movq, "resblock_attn")
     lat = _latents(frames=6)
     with torch.no_grad():
@@ -229,8 +229,16 @@ def test_chunked_decode_attention_is_exact_at_init_and_bounded(image_movq: MoVQ)
     _perturb_temporal(model.decoder)
     with torch.no_grad():
         full = model.decode(lat, num_frames=6)
-    chunked = decode_video(model, lat, 6, chunk_frames=3, context_frames=2)
-    assert chunked.shape == full.shape and torch.isfinite(chunked).all()
+    # context reaching both ends for every chunk: each window is the whole video, so every kept frame is exact
+    wide = decode_video(model, lat, 6, chunk_frames=2, context_frames=4)
+    torch.testing.assert_close(wide, full, atol=1e-5, rtol=1e-5)
+    # shorter context: temporal attention (global receptive field) only sees the window, the documented
+    # approximation; the chunk's frames still come back in place (frame 0 is decoded from window 0..4)
+    short = decode_video(model, lat, 6, chunk_frames=3, context_frames=2)
+    assert short.shape == full.shape and (short - full).abs().max() > 1e-6
+    with torch.no_grad():
+        window = model.decode(lat.view(2, 6, *lat.shape[1:])[:, :5].flatten(0, 1), num_frames=5)
+    torch.testing.assert_close(short.view(2, 6, *short.shape[1:])[:, :3], window.view(2, 5, *window.shape[1:])[:, :3])
 
 
 def test_tiny_movq_forward_backward() -> None:
