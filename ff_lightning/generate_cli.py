@@ -12,8 +12,6 @@ import argparse
 import sys
 from pathlib import Path
 
-from ff_lightning.config import ConfigError
-
 __all__ = ["add_generate_parser"]
 
 _EPILOG = """\
@@ -91,6 +89,7 @@ def add_generate_parser(sub: argparse._SubParsersAction) -> None:  # type: ignor
 
 def _resolve(args: argparse.Namespace) -> dict[str, str | None]:
     """The checkpoint of each stage: given, skipped (None) or the tiny cached one; exits 2 naming a make target."""
+    from ff_lightning.config import ConfigError  # lazy: `ff --help` imports no omegaconf
     from ff_lightning.tiny_models import TARGETS, find_tiny_checkpoints
 
     wanted = {
@@ -128,6 +127,7 @@ def _resolve(args: argparse.Namespace) -> dict[str, str | None]:
 
 
 def _cmd_generate(args: argparse.Namespace) -> int:
+    from ff_lightning.config import ConfigError
     from ff_lightning.pipeline import GenerateOptions, describe, generate
 
     image = None
