@@ -295,6 +295,7 @@ def main() -> None:  # pragma: no cover - `make tiny-models`
     import argparse
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    logging.getLogger("lightning").propagate = False  # Lightning adds its own console handler: print lines once
     p = argparse.ArgumentParser(description="train the tiny text-to-video stages ff generate uses by default")
     p.add_argument("--redo", action="store_true", help="retrain every stage")
     args = p.parse_args()
