@@ -15,12 +15,12 @@ from types import TracebackType
 
 __all__ = ["known_error_message", "KNOWN_ERRORS"]
 
-#: qualified class name -> the fix appended to the exception's own message ("" when the message already says it)
+#: qualified class name (where the class is defined: tests/test_cli_errors.py checks each one exists) -> the fix
+#: appended to the exception's own message ("" when the message already says it)
 KNOWN_ERRORS: dict[str, str] = {
     "ff_lightning.config.ConfigError": "",
     "ff_lightning.registry.UnknownChoiceError": "",
-    # CheckpointError covers checkpoints.UnsafeCheckpointError (pickle refusal) and truncated / unreadable files
-    "ff_lightning.interop.movq.CheckpointError": "",
+    # CheckpointError covers UnsafeCheckpointError (pickle refusal) and unreadable safetensors files
     "ff_lightning.checkpoints.CheckpointError": "",
     "ff_lightning.data.base.NoUsableSamplesError": (
         "fix: point data.root / data.annotations at the dataset (see `ff train CONFIG --print-config`) or replace "

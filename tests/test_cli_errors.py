@@ -164,3 +164,16 @@ def test_disk_full_seen_through_torch_save_runtime_error(
     assert main(["params", "--list"]) == 2
     line = _err_line(capsys, "params")
     assert f"no space left on device writing {target}" in line and "fix: free disk space" in line
+
+
+def test_every_known_error_name_is_a_class_defined_there() -> None:
+    """The table matches by name (no imports): a class moved to another module must be renamed in the table."""
+    import importlib
+
+    from ff_lightning.cli_errors import KNOWN_ERRORS
+
+    for qualname in KNOWN_ERRORS:
+        module, _, name = qualname.rpartition(".")
+        cls = getattr(importlib.import_module(module), name)
+        assert isinstance(cls, type) and issubclass(cls, Exception), qualname
+        assert f"{cls.__module__}.{cls.__qualname__}" == qualname  # defined there, not re-exported
