@@ -10,15 +10,39 @@ export FF_CACHE_DIR ?= $(CURDIR)/.cache
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 export HF_HUB_OFFLINE := 1
 
-# Options for ablate-decoder: DATA=/path/to/vimeo_septuplet PRESET=paper MOVQ_CKPT=/path/movq.ckpt REDO=1
+# Options for ablate-decoder (Table 3; README "Table 3 on your data"):
+#   DATA=DIR          a Vimeo-90k septuplet folder: fine-tune on sep_trainlist.txt, test on sep_testlist.txt, every frame
+#   TRAIN_DATA=PATH   fine-tune on this source instead (a Vimeo-layout folder, a WebVid-style CSV, or `bundled`)
+#   TEST_DATA=DIR     test on this Vimeo-layout folder's sep_testlist.txt (all frames of every listed sequence)
+#   TRAIN_FRAMES=N|all TEST_FRAMES=N|all MAX_TEST=N (cap the test list) ONLY=row1,row2 OUTPUT=prefix
+#   PRESET=paper MOVQ_CKPT=/path/movq.ckpt STEPS=N REDO=1
 PRESET ?=
 DATA ?=
+TRAIN_DATA ?=
+TEST_DATA ?=
+TRAIN_FRAMES ?=
+TEST_FRAMES ?=
+MAX_TEST ?=
+ONLY ?=
+OUTPUT ?=
 MOVQ_CKPT ?=
 REDO ?=
-# Options for compare-temporal: A=keyframes.ckpt B=keyframes.ckpt STEPS=N (plus MOVQ_CKPT= REDO=1)
+# Options for compare-temporal: A=keyframes.ckpt B=keyframes.ckpt STEPS=N (plus MOVQ_CKPT= REDO=1 ONLY= OUTPUT=)
 A ?=
 B ?=
 STEPS ?=
+
+# Variables given on the command line must be known: a typo (MOVQ_CPKT=, STEP=) stops make instead of being ignored.
+KNOWN_VARIABLES := PYTHON VENV FF_CACHE_DIR OMP_NUM_THREADS PRESET DATA TRAIN_DATA TEST_DATA TRAIN_FRAMES \
+	TEST_FRAMES MAX_TEST ONLY OUTPUT MOVQ_CKPT REDO A B STEPS
+UNKNOWN_VARIABLES := $(strip $(foreach v,$(.VARIABLES),$(if $(filter command line,$(origin $(v))),\
+	$(if $(filter $(v),$(KNOWN_VARIABLES)),,$(v)))))
+ifneq ($(UNKNOWN_VARIABLES),)
+$(error unknown make variable(s) $(UNKNOWN_VARIABLES); fix: use one of $(KNOWN_VARIABLES) (see the comments at the top of the Makefile))
+endif
+comma := ,
+SWEEP_OPTIONS = $(if $(STEPS),steps=$(STEPS)) $(if $(MOVQ_CKPT),movq_ckpt=$(MOVQ_CKPT)) \
+	$(if $(OUTPUT),output=$(OUTPUT)) $(foreach r,$(subst $(comma), ,$(ONLY)),--only $(r)) $(if $(REDO),--redo)
 
 .DEFAULT_GOAL := help
 .PHONY: help install test lint data ablate-decoder bench-decoder bench-interpolation compare-temporal tiny-models bench-keyframes clean
@@ -47,17 +71,20 @@ lint: install ## ruff check and format check
 data: install ## build the bundled datasets (real footage septuplets, captioned shapes) into $(FF_CACHE_DIR)
 	$(FF) data build
 
-ablate-decoder: install ## Table 3: fine-tune and evaluate every video-decoder row on bundled data (DATA= PRESET= MOVQ_CKPT= REDO=1)
+ablate-decoder: install ## Table 3: fine-tune and evaluate every video-decoder row (DATA= TRAIN_DATA= TEST_DATA= PRESET= STEPS= MOVQ_CKPT= ...)
 	$(FF) ablate experiments/ablations/decoder.yaml \
-		$(if $(DATA),data.root=$(DATA) data.source=vimeo_septuplet) \
-		$(if $(PRESET),preset=$(PRESET)) \
-		$(if $(MOVQ_CKPT),movq_ckpt=$(MOVQ_CKPT)) \
-		$(if $(REDO),--redo)
+		$(if $(DATA),data.train.root=$(DATA) data.train.num_frames=$(or $(TRAIN_FRAMES),all) \
+			data.test.root=$(DATA) data.test.num_frames=$(or $(TEST_FRAMES),all)) \
+		$(if $(TRAIN_DATA),data.train.root=$(TRAIN_DATA)) \
+		$(if $(and $(TRAIN_FRAMES),$(if $(DATA),,x)),data.train.num_frames=$(TRAIN_FRAMES)) \
+		$(if $(TEST_DATA),data.test.root=$(TEST_DATA) data.test.num_frames=$(or $(TEST_FRAMES),all)) \
+		$(if $(and $(TEST_FRAMES),$(if $(DATA)$(TEST_DATA),,x)),data.test.num_frames=$(TEST_FRAMES)) \
+		$(if $(MAX_TEST),data.test.max_samples=$(MAX_TEST)) \
+		$(if $(PRESET),preset=$(PRESET)) $(SWEEP_OPTIONS)
 
 compare-temporal: install ## keyframes: temporal layers vs blocks on bundled shapes (A=ckpt B=ckpt compares two checkpoints)
 	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(FF) ablate experiments/ablations/temporal.yaml \
-		$(if $(A),a_ckpt=$(A)) $(if $(B),b_ckpt=$(B)) $(if $(STEPS),steps=$(STEPS)) \
-		$(if $(MOVQ_CKPT),movq_ckpt=$(MOVQ_CKPT)) $(if $(REDO),--redo)
+		$(if $(A),a_ckpt=$(A)) $(if $(B),b_ckpt=$(B)) $(SWEEP_OPTIONS)
 
 tiny-models: install ## tiny keyframes + interpolation + video decoder in one MoVQ latent space (ff generate defaults; REDO=1)
 	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(PY) -m ff_lightning.tiny_models $(if $(REDO),--redo)

@@ -50,6 +50,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from ff_lightning.ablate_preflight import DATA_SIDES, eval_config, normalise_data_side
 from ff_lightning.config import ConfigError, _read_yaml, compose, save_config
 from ff_lightning.io import atomic_write_json
 from ff_lightning.registry import UnknownChoiceError
@@ -90,6 +91,8 @@ class SweepConfig:
     # rows are also compared with this one, paired over the same held-out samples (a list: the first row present)
     reference_row: Any = None
     evaluate: dict[str, Any] = field(default_factory=dict)  # evaluator options (evaluators taking ``options``)
+    # {"train": {data key: value}, "test": {...}}: where rows are fine-tuned / evaluated (ff_lightning.ablate_preflight)
+    data: dict[str, Any] = field(default_factory=dict)
     rows: list[SweepRow] = field(default_factory=list)
 
 
@@ -154,7 +157,10 @@ def load_sweep(path: str | Path, overrides: Sequence[str] = ()) -> tuple[SweepCo
         key, value = item.split("=", 1)
         parsed = OmegaConf.from_dotlist([f"v={value}"]).v
         key = sw.aliases.get(key, key) if sw.aliases.get(key, "").startswith(_ROW_PREFIX) else key
-        if key.startswith(_ROW_PREFIX):
+        side = key.split(".")[1] if key.startswith("data.") and key.count(".") >= 2 else None
+        if side in DATA_SIDES:
+            sw.data.setdefault(side, {})[key.split(".", 2)[2]] = parsed
+        elif key.startswith(_ROW_PREFIX):
             _set_row_field(sw, key, parsed, path)
         elif key.startswith(_EVALUATE_PREFIX):
             sw.evaluate[key[len(_EVALUATE_PREFIX) :]] = parsed
@@ -166,8 +172,9 @@ def load_sweep(path: str | Path, overrides: Sequence[str] = ()) -> tuple[SweepCo
             sw.overrides[key] = parsed
         else:
             valid = sorted([*sw.aliases, *_SWEEP_KEYS, "<section>.<key> of the experiment config",
-                            "evaluate.<option>", "rows.<row>.checkpoint"])
+                            "evaluate.<option>", "rows.<row>.checkpoint", "data.train.<key>", "data.test.<key>"])
             raise ConfigError(f"unknown sweep override {key!r}; valid: {', '.join(valid)}")
+    sw.data = {side: normalise_data_side(side, values) for side, values in (sw.data or {}).items()}
     names = [r.name for r in sw.rows]
     if len(set(names)) != len(names):
         raise ConfigError(f"{path}: duplicate row names in {names}")
@@ -230,7 +237,8 @@ def _row_config(sw: SweepConfig, sweep_path: Path, row: SweepRow, injected: dict
         injected = {}
     else:
         base = _read_yaml(sweep_path.parent / sw.experiment)
-    dotted = {**sw.overrides, **row.set, **injected}
+    train = {f"data.{k}": v for k, v in (sw.data.get("train") or {}).items()}
+    dotted = {**sw.overrides, **train, **row.set, **injected}
     items = [f"{k}={json.dumps(v) if isinstance(v, (list, dict)) else _fmt(v)}" for k, v in dotted.items()]
     items.append(f"run.name={sw.name}/{row.name}")
     return compose(base, items, source=f"{sweep_path.name} row {row.name!r}")
@@ -241,16 +249,13 @@ def _fmt(v: Any) -> str:
 
 
 def _read_checkpoint(path: str | Path) -> Any:
-    """``torch.load`` of a checkpoint (weights only: arbitrary pickles are refused), memory-mapped when possible."""
-    import torch
+    """A row checkpoint through :func:`ff_lightning.checkpoints.load_checkpoint` (weights only: a pickle that needs
+    code is refused with ``UnsafeCheckpointError``), memory-mapped when possible."""
+    from ff_lightning.checkpoints import load_checkpoint
 
-    p = Path(path).expanduser()
-    if not p.is_file():
-        raise ConfigError(f"row checkpoint {path}: file not found")
-    try:
-        return torch.load(p, map_location="cpu", weights_only=True, mmap=True)
-    except RuntimeError:  # not a zip-format file: no mmap
-        return torch.load(p, map_location="cpu", weights_only=True)
+    if not Path(path).expanduser().is_file():
+        raise ConfigError(f"row checkpoint {path}: file not found; fix: give the path of a .ckpt written by ff train")
+    return load_checkpoint(path, "cpu", mmap=True)
 
 
 def _checkpoint_config(path: str | Path) -> dict[str, Any] | None:
@@ -272,6 +277,8 @@ def _row_key(sw: SweepConfig, cfg: DictConfig, row: SweepRow) -> str:
         p = Path(row.checkpoint).expanduser().resolve()
         st = p.stat()
         extra["checkpoint"] = [str(p), st.st_size, st.st_mtime_ns]
+    if sw.data.get("test"):  # evaluated on other data than its own held-out split
+        extra["test_data"] = OmegaConf.to_container(eval_config(cfg, sw.data["test"]).data, resolve=True)
     if not extra:
         return key
     return hashlib.sha256(json.dumps({"config": key, **extra}, sort_keys=True, default=str).encode()).hexdigest()[:16]
@@ -330,6 +337,7 @@ def _artifacts_present(record: dict[str, Any]) -> bool:
 def _run_row(sw: SweepConfig, cfg: DictConfig, row: SweepRow, out_json: Path) -> dict[str, Any]:
     from ff_lightning.train import build_system, fit
 
+    ecfg = eval_config(cfg, sw.data.get("test") or {})
     t0 = time.time()
     if row.checkpoint:
         module = _load_checkpoint(cfg, row.checkpoint)
@@ -350,7 +358,7 @@ def _run_row(sw: SweepConfig, cfg: DictConfig, row: SweepRow, out_json: Path) ->
             shutil.rmtree(art_dir)  # left by an interrupted run
         art_dir.mkdir(parents=True)
         kwargs["artifacts_dir"] = art_dir
-    metrics = dict(_lookup(_EVALUATORS, "evaluator", sw.evaluator)(module, cfg, **kwargs))
+    metrics = dict(_lookup(_EVALUATORS, "evaluator", sw.evaluator)(module, ecfg, **kwargs))
     extra = metrics.pop("_extra", None)
     artifacts = {p.name: str(p) for p in sorted(art_dir.iterdir()) if p.is_file()} if "artifacts_dir" in wanted else {}
     record = {
@@ -369,6 +377,8 @@ def _run_row(sw: SweepConfig, cfg: DictConfig, row: SweepRow, out_json: Path) ->
     }
     if row.checkpoint:
         record["checkpoint"] = str(row.checkpoint)
+    if ecfg is not cfg:
+        record["eval_data"] = OmegaConf.to_container(ecfg.data, resolve=True)
     if artifacts:
         record["artifacts"] = artifacts
     if extra:
@@ -377,26 +387,64 @@ def _run_row(sw: SweepConfig, cfg: DictConfig, row: SweepRow, out_json: Path) ->
     return record
 
 
-def run_sweep(
-    path: str | Path, overrides: Sequence[str] = (), *, redo: bool = False, only: Sequence[str] | None = None
-) -> list[dict[str, Any]]:
-    """Run (or reuse) every row of a sweep and render its tables; returns the row records in sweep order."""
-    from ff_lightning.paths import cache_dir
-    from ff_lightning.reporting import render_tables
+def _resolve_all_frames(sw: SweepConfig, sweep_path: Path, rows: list[SweepRow]) -> None:
+    """``num_frames: all`` of ``data.train`` / ``data.test`` -> the images per sequence of that data (in place)."""
+    from ff_lightning.ablate_preflight import resolve_all_frames
 
-    sw, sweep_path = load_sweep(path, overrides)
+    for side in DATA_SIDES:
+        values = sw.data.get(side) or {}
+        if str(values.get("num_frames")).lower() != "all" or not rows:
+            continue
+        values["num_frames"] = 1  # a probe config; the real count replaces it
+        probe = _row_config(sw, sweep_path, rows[0], {})
+        if side == "test":
+            probe = eval_config(probe, values)
+        values["num_frames"] = resolve_all_frames(side, probe)
+        log.info("data.%s.num_frames=all: %d frames per sequence", side, values["num_frames"])
+
+
+def _selected_rows(sw: SweepConfig, only: Sequence[str] | None) -> list[SweepRow]:
     if only:
         rows = [r for r in sw.rows if r.name in only]
         if len(rows) != len(set(only)):
             missing = ",".join(sorted(set(only) - {r.name for r in rows}))
             raise UnknownChoiceError("sweep row", missing, [r.name for r in sw.rows])
-    else:  # on-demand rows with a checkpoint replace the regular rows; on-demand rows without one never run
-        rows = [r for r in sw.rows if r.on_demand and r.checkpoint] or [r for r in sw.rows if not r.on_demand]
+        return rows
+    # on-demand rows with a checkpoint replace the regular rows; on-demand rows without one never run
+    return [r for r in sw.rows if r.on_demand and r.checkpoint] or [r for r in sw.rows if not r.on_demand]
+
+
+def run_sweep(
+    path: str | Path, overrides: Sequence[str] = (), *, redo: bool = False, only: Sequence[str] | None = None
+) -> list[dict[str, Any]]:
+    """Run (or reuse) every row of a sweep and render its tables; returns the row records in sweep order.
+
+    Before any work: every row's config is composed and checked, ``num_frames: all`` resolved, and one sample of
+    every train / test data opened (:func:`ff_lightning.ablate_preflight.preflight`). A run that is not the sweep as
+    written (``--only``, overrides, checkpoint rows) writes its tables to its own folder unless ``output=`` is given.
+    Rows and prepare steps are computed under a file lock, so two runs on one cache do the work once.
+    """
+    from ff_lightning.ablate_preflight import describe_setup, file_lock, own_output, preflight
+    from ff_lightning.paths import cache_dir
+    from ff_lightning.reporting import render_tables
+
+    sw, sweep_path = load_sweep(path, overrides)
+    rows = _selected_rows(sw, only)
     if sw.evaluate and "options" not in _evaluator_kwargs(sw):
         raise ConfigError(f"evaluator {sw.evaluator!r} takes no options: remove 'evaluate:' from {sweep_path.name}")
+    _resolve_all_frames(sw, sweep_path, rows)
     # validate every row before any work starts (no prepare output yet: injected keys are validated after prepare)
+    jobs = []
     for row in rows:
-        _check_row(_row_config(sw, sweep_path, row, {}), f"{sweep_path.name} row {row.name!r}")
+        cfg = _row_config(sw, sweep_path, row, {})
+        _check_row(cfg, f"{sweep_path.name} row {row.name!r}")
+        jobs.append((cfg, eval_config(cfg, sw.data.get("test") or {}), not row.checkpoint and cfg.trainer.max_steps))
+    preflight(jobs)
+    own = own_output(sw, overrides, only, rows)
+    if own:
+        log.info("tables go to %s (not %s: this run is not the sweep as written; output=PATH chooses)", own, sw.output)
+        sw.output = own
+    cdir = Path(sw.cache_dir) if sw.cache_dir else cache_dir() / "ablations" / sw.name
     injected: dict[str, Any] = {}
     to_train = [r for r in rows if not r.checkpoint]
     for step in _prepare_steps(sw, sweep_path) if to_train else []:
@@ -406,26 +454,41 @@ def run_sweep(
             raise ConfigError(f"prepare step {step.name!r} takes no 'set' overrides")
         kwargs = {"overrides": step.overrides} if step.overrides else {}
         log.info("prepare: %s", step.name)
-        injected.update(fn(probe, step.experiment, redo, **kwargs))
-    cdir = Path(sw.cache_dir) if sw.cache_dir else cache_dir() / "ablations" / sw.name
+        with file_lock(cache_dir() / "locks" / f"prepare-{step.name}.lock", f"prepare step {step.name}"):
+            injected.update(fn(probe, step.experiment, redo, **kwargs))
     records = []
     for i, row in enumerate(rows, 1):
         cfg = _row_config(sw, sweep_path, row, injected)
         key = _row_key(sw, cfg, row)
         out_json = cdir / f"{row.name}-{key}.json"
-        if out_json.is_file() and not redo:
-            cached = json.loads(out_json.read_text())
-            if _artifacts_present(cached):
-                log.info("[%d/%d] %s: cached (%s)", i, len(rows), row.name, out_json)
-                records.append(cached)
-                continue
-            log.info("[%d/%d] %s: cached result lacks its artifacts, recomputing", i, len(rows), row.name)
-        what = "evaluating checkpoint" if row.checkpoint else "training and evaluating"
-        log.info("[%d/%d] %s: %s (config %s)", i, len(rows), row.name, what, key)
-        save_config(cfg, cdir / f"{row.name}-{key}.yaml")
-        records.append(_run_row(sw, cfg, row, out_json))
-        log.info("[%d/%d] %s: done in %.0fs", i, len(rows), row.name, records[-1]["seconds"])
+        record = None if redo else _cached(out_json, f"[{i}/{len(rows)}] {row.name}")
+        if record is None:
+            with file_lock(cdir / f"{row.name}-{key}.lock", f"row {row.name}"):
+                # another run may have finished the row while this one waited for the lock
+                record = None if redo else _cached(out_json, f"[{i}/{len(rows)}] {row.name}")
+                if record is None:
+                    what = "evaluating checkpoint" if row.checkpoint else "training and evaluating"
+                    log.info("[%d/%d] %s: %s (config %s)", i, len(rows), row.name, what, key)
+                    save_config(cfg, cdir / f"{row.name}-{key}.yaml")
+                    record = _run_row(sw, cfg, row, out_json)
+                    log.info("[%d/%d] %s: done in %.0fs", i, len(rows), row.name, record["seconds"])
+        records.append(record)
+    memo: dict[str, str | None] = {}
+    for record in records:
+        record["setup"] = describe_setup(record, memo)
     written = render_tables(sw, records)
     for p in written:
         log.info("wrote %s", p)
     return records
+
+
+def _cached(out_json: Path, what: str) -> dict[str, Any] | None:
+    """The row record stored at ``out_json`` if it is there with all its artifacts."""
+    if not out_json.is_file():
+        return None
+    cached = json.loads(out_json.read_text())
+    if _artifacts_present(cached):
+        log.info("%s: cached (%s)", what, out_json)
+        return cached
+    log.info("%s: cached result lacks its artifacts, recomputing", what)
+    return None

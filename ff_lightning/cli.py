@@ -191,7 +191,13 @@ def _setup_logging(verbose: bool) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    # `ff ablate SWEEP --only ROW steps=5`: key=value overrides may follow the flags (argparse's intermixed parsing
+    # does not support subcommands)
+    if extra and getattr(args, "command", None) == "ablate" and all("=" in a and not a.startswith("-") for a in extra):
+        args.overrides = [*args.overrides, *extra]
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     _setup_logging(args.verbose)
     fn: Callable[[argparse.Namespace], int] | None = getattr(args, "fn", None)
     if fn is None:

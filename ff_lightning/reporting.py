@@ -27,6 +27,64 @@ SAMPLE_ROWS = 4  # prompts shown in the side-by-side samples
 SAMPLE_SCALE = 2  # pixel upscaling of the sample grid
 
 
+#: CSV columns describing what made each row (a record's ``setup``, ff_lightning.ablate_preflight.describe_setup)
+SETUP_COLUMNS = ("steps", "train_data", "train_frames", "test_data", "test_frames", "test_cap", "size", "movq",
+                 "movq_sha256")
+
+
+def _scrub(text: str) -> str:
+    from ff_lightning.ablate_preflight import scrub_paths
+
+    return scrub_paths(text)
+
+
+def _distinct_setups(records: list[dict[str, Any]]) -> list[tuple[list[str], dict[str, Any]]]:
+    """Rows grouped by their setup without the steps: ``[(row labels, setup), ...]``, in first-seen order."""
+    groups: list[tuple[list[str], dict[str, Any]]] = []
+    for r in records:
+        s = {k: v for k, v in (r.get("setup") or {}).items() if k != "steps"}
+        if not s:
+            continue
+        for names, seen in groups:
+            if seen == s:
+                names.append(r["label"])
+                break
+        else:
+            groups.append(([r["label"]], s))
+    return groups
+
+
+def _setup_sentence(s: dict[str, Any], short: bool = False) -> str:
+    sha = (s.get("movq_sha256") or "")[:12]
+    movq = f"image MoVQ {s.get('movq')}" + (f" (sha256 {sha})" if sha else "")
+    if short:
+        return (f"train {s.get('train_data')} ({s.get('train_frames')} frames); test {s.get('test_data')} "
+                f"({s.get('test_frames')} frames); {s.get('size')} px; {movq}")
+    cap = f"capped at {s['test_cap']} by max_samples" if s.get("test_cap") else "every listed sequence"
+    return (f"fine-tuned on {s.get('train_data')}, {s.get('train_frames')}-frame clips; tested on "
+            f"{s.get('test_data')}, {s.get('test_frames')}-frame clips, n = {s.get('test_sequences')} sequences "
+            f"({cap}); crop {s.get('size')} px; {movq}")
+
+
+def setup_lines(records: list[dict[str, Any]]) -> list[str]:
+    """Markdown lines saying what made the rows: data (train / test source and frame counts), size, preset, steps
+    and the image MoVQ (see :data:`SETUP_COLUMNS`); empty when records carry no ``setup``."""
+    groups = _distinct_setups(records)
+    if not groups:
+        return []
+    steps: dict[Any, list[str]] = {}
+    for r in records:
+        steps.setdefault((r.get("setup") or {}).get("steps"), []).append(r["label"])
+    step_text = "; ".join(str(k) if len(steps) == 1 else f"{k} ({v[0] if len(v) == 1 else f'{len(v)} rows'})"
+                          for k, v in steps.items())
+    presets = ", ".join(sorted({str(r.get("preset")) for r in records}))
+    lines = ["", f"Setup: preset {presets}; training steps {step_text}."]
+    for names, s in groups:
+        who = "" if len(groups) == 1 else f" ({', '.join(names)})"
+        lines.append(f"- Data and weights{who}: {_setup_sentence(s)}.")
+    return lines
+
+
 def _num(v: Any, digits: int = 4) -> str:
     if v is None or (isinstance(v, float) and math.isnan(v)):
         return "n/a"
@@ -66,6 +124,8 @@ def render_tables(sw: Any, records: list[dict[str, Any]]) -> list[Path]:
     for m in metrics:
         header += [m, f"{m}_ci_low", f"{m}_ci_high", f"{m}_paper"]
     header += ["params", "params_paper_preset", "params_paper", "n", "preset"]
+    setup_cols = list(SETUP_COLUMNS) if any(r.get("setup") for r in records) else []
+    header += setup_cols
     w.writerow(header)
     for r in records:
         line: list[Any] = [r["row"], *[r["columns"].get(c) for c in cols]]
@@ -75,9 +135,10 @@ def render_tables(sw: Any, records: list[dict[str, Any]]) -> list[Path]:
             n = n or mm.get("n")
             line += [mm.get("value"), mm.get("ci_low"), mm.get("ci_high"), r["paper"].get(m)]
         line += [r.get("params"), r.get("params_paper"), r["paper"].get("params"), n, r.get("preset")]
+        line += [(r.get("setup") or {}).get(c) for c in setup_cols]
         w.writerow(line)
     csv_path = out.with_suffix(".csv")
-    atomic_write_text(csv_path, buf.getvalue())
+    atomic_write_text(csv_path, _scrub(buf.getvalue()))
 
     # Markdown
     lines = [f"# {sw.name}", ""]
@@ -85,6 +146,7 @@ def render_tables(sw: Any, records: list[dict[str, Any]]) -> list[Path]:
     lines.append(f"Ours: preset {', '.join(map(str, presets))}; values are means over held-out samples with bootstrap "
                  "95% confidence intervals in brackets. Paper: the published numbers (different data, weights and "
                  "scale: compare the ordering of rows, not absolute values).")
+    lines += setup_lines(records)
     if sw.paper_note:
         lines += ["", sw.paper_note.strip()]
     lines.append("")
@@ -125,7 +187,7 @@ def render_tables(sw: Any, records: list[dict[str, Any]]) -> list[Path]:
                   + ", ".join(f"[{p.name}]({p.name})" for p in samples["paths"]), "",
                   f"![samples]({samples['paths'][0].name})"]
     md_path = out.with_suffix(".md")
-    atomic_write_text(md_path, "\n".join(lines) + "\n")
+    atomic_write_text(md_path, _scrub("\n".join(lines) + "\n"))
 
     written = [md_path, csv_path, *(samples["paths"] if samples else [])]
     png = _plot(sw, records, out.with_suffix(".png"))
@@ -302,7 +364,8 @@ def _plot(sw: Any, records: list[dict[str, Any]], path: Path) -> Path | None:
         ax.set_ylabel(metric)
         ax.set_title(f"{'paper' if use_paper else 'ours'}: {metric} vs parameters")
         ax.grid(alpha=0.3)
-    fig.suptitle(sw.name)
+    setups = _distinct_setups(records)
+    fig.suptitle(sw.name + (f"\n{_setup_sentence(setups[0][1], short=True)}" if len(setups) == 1 else ""), fontsize=9)
     fig.tight_layout()
     with atomic_open(path, "wb") as f:
         fig.savefig(f, format="png", dpi=110)

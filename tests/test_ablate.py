@@ -189,7 +189,10 @@ def test_sweep_writes_tables_with_one_row_per_sweep_row(sweep_run) -> None:
     assert (root / "out" / "table.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     rows = _read_csv(root)
     assert [r["row"] for r in rows] == ["image", "c311_temporal", "c311_attn_decoder"]
-    expected = {"row", "variant", "policy", "params", "params_paper_preset", "params_paper", "n", "preset"}
+    from ff_lightning.reporting import SETUP_COLUMNS
+
+    expected = {"row", "variant", "policy", "params", "params_paper_preset", "params_paper", "n", "preset",
+                *SETUP_COLUMNS}
     for m in METRICS:
         expected |= {m, f"{m}_ci_low", f"{m}_ci_high", f"{m}_paper"}
     assert set(rows[0]) == expected
@@ -207,6 +210,8 @@ def test_sweep_writes_tables_with_one_row_per_sweep_row(sweep_run) -> None:
         assert int(r["params"]) == registry.param_counts(registry.build("decoder", variant, "tiny"))["total"]
         assert int(r["params_paper_preset"]) == MANIFEST_PARAMS[variant]
         assert r["n"] == "2" and r["preset"] == "tiny"
+        assert (r["train_frames"], r["test_frames"], r["size"]) == ("3", "3", "32x32")
+        assert r["train_data"] == r["test_data"].replace("test split", "train split") and r["test_cap"] == "2"
     assert [r["params_paper"] for r in rows] == ["161M", "203M", "220M"]
     assert float(rows[0]["psnr_paper"]) == pytest.approx(32.9677)
     md = (root / "out" / "table.md").read_text()
@@ -272,7 +277,7 @@ def test_changed_row_setting_reruns_only_that_row(env, monkeypatch: pytest.Monke
 def test_redo_recomputes(env, monkeypatch: pytest.MonkeyPatch) -> None:
     root, path, records = env
     counters = _counters(monkeypatch, fail=False)
-    new = ablate.run_sweep(path, redo=True, only=["image"])
+    new = ablate.run_sweep(path, [f"output={root / 'out' / 'table'}"], redo=True, only=["image"])
     assert counters["fit"].calls == 1  # the prepared image MoVQ is retrained (redo reaches the prepare step)
     assert counters["evaluate"].calls == 1
     assert [r["row"] for r in new] == ["image"] and new[0]["config_hash"] == records[0]["config_hash"]

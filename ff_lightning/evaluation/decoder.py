@@ -1,7 +1,12 @@
 """Decoder evaluation (Table 3 protocol) and the sweep's *prepare* step that provides the frozen image MoVQ.
 
-Protocol, on every held-out sequence of ``cfg.data`` (the test split; ``data.max_val_samples`` caps it):
-frames -> frozen encoder -> video decoder over the whole sequence -> reconstruction. Per sequence, the mean over its
+Protocol, on every held-out sequence of ``cfg.data`` (the test split; ``data.max_val_samples`` caps it, unset by
+default; ``trainer.limit_val_batches`` limits only validation during training, never this):
+frames -> frozen encoder -> video decoder over the whole clip at once -> reconstruction. ``ff ablate`` passes the
+sweep's test data here (``data.test``); with ``num_frames: all`` a clip is the whole sequence, so on Vimeo-90k
+septuplets all 7 frames of every listed septuplet are decoded together and scored (every decoder variant takes any
+frame count: temporal convolutions zero-pad at the clip's ends, attention spans the clip). Clips shorter than the
+sequence are taken from its centre (``data.eval_start``). Per sequence, the mean over its
 frames of: PSNR on [0, 1] after clamping (``data_range=1``), SSIM (Gaussian window 11, sigma 1.5), MSE on [0, 1],
 LPIPS (AlexNet, v0.1, inputs in [-1, 1]) and *flicker* = mean ``|Δ reconstruction - Δ target|`` of consecutive
 frames on [0, 1] (temporal consistency: what the temporal layers exist to fix). Every figure is reported as the mean
