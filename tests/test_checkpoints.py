@@ -74,7 +74,57 @@ def test_resume_and_export_refuse_unsafe_checkpoint(
     assert not marker.exists()
 
 
-def test_ff_export_t2i_checkpoint(data_cache: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+class WriteLog:
+    """Records ``os.fsync`` (the synced path) and ``os.replace`` calls, passing them through."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.events: list[tuple[str, ...]] = []
+        real_fsync, real_replace = os.fsync, os.replace
+
+        def fsync(fd: int) -> None:
+            self.events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+            real_fsync(fd)
+
+        def replace(src: str | os.PathLike[str], dst: str | os.PathLike[str], **kw: object) -> None:
+            self.events.append(("replace", str(Path(src).resolve()), str(Path(dst).resolve())))
+            real_replace(src, dst, **kw)  # type: ignore[arg-type]
+
+        monkeypatch.setattr(os, "fsync", fsync)
+        monkeypatch.setattr(os, "replace", replace)
+
+    def assert_atomic_and_durable(self, path: Path) -> None:
+        """``path`` was written as: a temporary file in its own folder, flushed to disk, renamed over ``path`` with
+        ``os.replace`` (atomic on one filesystem), then the folder flushed so that the rename survives a crash."""
+        target = str(path.resolve())
+        renames = [i for i, e in enumerate(self.events) if e[0] == "replace" and e[2] == target]
+        assert renames, f"{path} was not renamed into place with os.replace: {self.events}"
+        i = renames[-1]
+        src = self.events[i][1]
+        assert Path(src).parent == path.resolve().parent, f"temporary file {src} is not in the target's folder"
+        assert ("fsync", src) in self.events[:i], "the temporary file was not flushed before the rename"
+        assert ("fsync", str(path.resolve().parent)) in self.events[i + 1 :], "the folder was not flushed after it"
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="needs /proc to name synced files")
+def test_atomic_checkpoint_io_writes_atomically_and_durably(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Lightning's stock writer buffers the file and moves it in through fsspec without flushing anything to disk;
+    ours must leave either the old or the new complete file after a crash at any point."""
+    from ff_lightning.callbacks import AtomicCheckpointIO
+
+    path = tmp_path / "checkpoints" / "last.ckpt"
+    io = AtomicCheckpointIO()
+    io.save_checkpoint({"state_dict": {"w": torch.ones(3)}, "global_step": 1}, path)
+    log = WriteLog(monkeypatch)
+    io.save_checkpoint({"state_dict": {"w": torch.zeros(3)}, "global_step": 2}, path)
+    monkeypatch.undo()
+    log.assert_atomic_and_durable(path)
+    assert load_checkpoint(path)["global_step"] == 2
+    assert sorted(p.name for p in path.parent.iterdir()) == ["last.ckpt"]
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="needs /proc to name synced files")
+def test_ff_export_t2i_checkpoint(data_cache: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                  monkeypatch: pytest.MonkeyPatch) -> None:
     cfg = load_config(
         REPO / "experiments" / "t2i" / "tiny.yaml",
         [
@@ -84,7 +134,10 @@ def test_ff_export_t2i_checkpoint(data_cache: Path, tmp_path: Path, capsys: pyte
             "module.allow_random_movq=true", "module.log_samples_every_n_steps=0", f"run.output_dir={tmp_path}",
         ],
     )  # fmt: skip
+    log = WriteLog(monkeypatch)
     result = fit(cfg)
+    monkeypatch.undo()
+    log.assert_atomic_and_durable(Path(result.checkpoint))  # training writes checkpoints through AtomicCheckpointIO
     ckpt = load_checkpoint(result.checkpoint)  # an ff train checkpoint loads with weights_only=True
     out = tmp_path / "export"
     assert cli.main(["export", str(result.checkpoint), "--out", str(out)]) == 0
