@@ -2,7 +2,9 @@
 accumulation equals the larger batch; UNet gradient checkpointing gives the same gradients; the sampler shards the
 global order across ranks; strategy / precision names are validated with the valid choices.
 
-The DDP and accumulation runs train a tiny deterministic probe (a linear model, plain SGD, no BatchNorm) through the
+``test_ddp_trains_the_decoder_system_like_one_process`` runs the project's own decoder system through ``fit`` (what
+``ff train`` runs) under 2-process DDP and compares its checkpoint with one process on the same global batch.
+The other DDP and accumulation runs train a tiny deterministic probe (a linear model, plain SGD, no BatchNorm) through the
 real :class:`~ff_lightning.data.datamodule.VideoDataModule` on 32 px bundled footage, so what is compared includes our
 sampler's sharding under Lightning's DDP (which must leave it unwrapped) and its epochs.
 """
@@ -198,3 +200,40 @@ def test_scaling_choices_validate(strategy: str, precision: str) -> None:
         [f"trainer.strategy={strategy}", f"trainer.precision={precision}", "trainer.devices=8", "trainer.num_nodes=4"],
     )
     assert (cfg.trainer.strategy, cfg.trainer.precision, cfg.trainer.num_nodes) == (strategy, precision, 4)
+
+
+def _decoder_cfg(cache: Path, out: Path, batch_size: int, *extra: str) -> Any:
+    """The project's decoder system (tiny, L1 only: a loss without random draws, so DDP can be compared exactly)."""
+    return load_config(
+        REPO / "experiments" / "decoder" / "base.yaml",
+        [
+            f"data.cache_dir={cache}", "data.num_frames=2", "data.size=[32,32]", f"data.batch_size={batch_size}",
+            "data.max_samples=4", "trainer.accelerator=cpu", "trainer.max_steps=2", "trainer.enable_progress_bar=false",
+            "trainer.limit_val_batches=0", "trainer.val_check_interval=null", "trainer.log_every_n_steps=1",
+            "module.allow_random_movq=true", "module.log_video_every_n_steps=0", f"run.output_dir={out}", *extra,
+        ],
+    )  # fmt: skip
+
+
+@pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(), reason="no gloo")
+def test_ddp_trains_the_decoder_system_like_one_process(data_cache: Path, tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """``ff train``'s :func:`fit` on the real decoder system: 2 processes (gloo, batch 1 each) end with the weights
+    of 1 process on the same global batch of 2, and only rank 0 writes the run folder and checkpoint."""
+    from ff_lightning.checkpoints import load_checkpoint
+    from ff_lightning.train import fit
+
+    monkeypatch.setenv("FF_CACHE_DIR", str(tmp_path / "ffcache"))  # no LPIPS backbone anywhere: L1 only
+    single = fit(_decoder_cfg(data_cache, tmp_path / "single", 2, "trainer.devices=1"))
+    ddp = fit(_decoder_cfg(data_cache, tmp_path / "ddp", 1, "trainer.devices=2", "trainer.strategy=ddp_fork"))
+    a, b = load_checkpoint(single.checkpoint), load_checkpoint(ddp.checkpoint)
+    assert a["global_step"] == b["global_step"] == 2
+    sa, sb = a["state_dict"], b["state_dict"]
+    assert sa.keys() == sb.keys()
+    trained = [k for k in sa if "temporal" in k or "alpha" in k]
+    assert trained, "no temporal parameters in the decoder checkpoint"
+    for k in sa:
+        torch.testing.assert_close(sb[k], sa[k], atol=2e-6, rtol=1e-5, msg=lambda m, k=k: f"{k}: {m}")
+    init = build_system(_decoder_cfg(data_cache, tmp_path / "init", 2, "trainer.devices=1")).state_dict()
+    assert any(not torch.equal(sa[k], init[k]) for k in trained)  # it did train
+    assert len(list((tmp_path / "ddp").rglob("*.ckpt"))) == len(list((tmp_path / "single").rglob("*.ckpt")))
