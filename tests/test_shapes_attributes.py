@@ -54,3 +54,13 @@ def test_rendered_shape_covers_a_fifth_of_the_frame() -> None:
     white = (frames[0].astype(int) >= 140).all(axis=-1).mean()  # shading keeps the circle >= 0.6 * 240; the
     assert RADIUS == (13.0, 17.0)  # background stays below 110 + 12 + grain
     assert 0.12 < white < 0.25
+
+
+def test_attribute_classifier_trains_under_no_grad(bundled_cache: object) -> None:
+    # the keyframes evaluator runs under torch.no_grad and trains the classifier on first use
+    from ff_lightning.evaluation.shapes_classifier import train_attribute_classifier
+
+    with torch.no_grad():
+        model, acc = train_attribute_classifier({"source": "bundled_shapes", "size": [32, 32]}, 4, 2, epochs=1)
+    assert set(acc) == set(ATTRIBUTES) and all(0.0 <= v <= 1.0 for v in acc.values())
+    assert not model.training

@@ -288,6 +288,25 @@ def train_attribute_classifier(
     opt = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, epochs)
     gen = torch.Generator().manual_seed(seed)
+    with torch.enable_grad():  # also when called from an evaluator running under no_grad
+        _fit_attributes(model, opt, sched, xtr, ytr, epochs, span, stride, gen)
+    model.eval()
+    with torch.no_grad():
+        pred = model(xte[:, :span:stride])
+    return model, {k: float((pred[k].argmax(1) == yte[k]).float().mean()) for k in ATTRIBUTES}
+
+
+def _fit_attributes(
+    model: AttributeClassifier,
+    opt: torch.optim.Optimizer,
+    sched: Any,
+    xtr: torch.Tensor,
+    ytr: dict[str, torch.Tensor],
+    epochs: int,
+    span: int,
+    stride: int,
+    gen: torch.Generator,
+) -> None:
     for _ in range(epochs):
         model.train()
         perm = torch.randperm(len(xtr), generator=gen)
@@ -306,10 +325,6 @@ def train_attribute_classifier(
             loss.backward()  # type: ignore[union-attr]
             opt.step()
         sched.step()
-    model.eval()
-    with torch.no_grad():
-        pred = model(xte[:, :span:stride])
-    return model, {k: float((pred[k].argmax(1) == yte[k]).float().mean()) for k in ATTRIBUTES}
 
 
 def ensure_attribute_classifier(data: Any, frames: int, stride: int) -> AttributeClassifier:
