@@ -454,7 +454,9 @@ def run_sweep(
             raise ConfigError(f"prepare step {step.name!r} takes no 'set' overrides")
         kwargs = {"overrides": step.overrides} if step.overrides else {}
         log.info("prepare: %s", step.name)
-        with file_lock(cache_dir() / "locks" / f"prepare-{step.name}.lock", f"prepare step {step.name}"):
+        what = json.dumps([step.name, str(step.experiment), step.overrides, config_hash(probe)])
+        lock = cache_dir() / "locks" / f"prepare-{step.name}-{hashlib.sha256(what.encode()).hexdigest()[:12]}.lock"
+        with file_lock(lock, f"prepare step {step.name}"):  # per prepared thing: other runs' prepares go on
             injected.update(fn(probe, step.experiment, redo, **kwargs))
     records = []
     for i, row in enumerate(rows, 1):
