@@ -53,6 +53,8 @@ __all__ = [
     "release_text_weights",
     "read_export",
     "is_export_dir",
+    "StageSource",
+    "read_stage_source",
     "save_safetensors",
     "export_checkpoint",
 ]
@@ -275,6 +277,46 @@ def read_export(path: str | os.PathLike[str]) -> tuple[dict[str, Any], dict[str,
     manifest_path = p / "export.json"
     manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
     return config, dict(state), manifest
+
+
+@dataclass
+class StageSource:
+    """A trained or imported stage as read from disk: its run ``config``, its system ``state`` dict (EMA weights laid
+    over the raw ones when the source kept an EMA and ``use_ema``), the ``manifest`` of a folder and the path."""
+
+    path: Path
+    config: dict[str, Any]
+    state: dict[str, torch.Tensor]
+    manifest: dict[str, Any]
+    used_ema: bool = False
+
+
+def read_stage_source(path: str | os.PathLike[str], use_ema: bool = True) -> StageSource:
+    """Read a stage from an ``ff export`` / ``ff import`` folder (``config.yaml`` + ``module.safetensors`` [+
+    ``ema.safetensors``]) or a Lightning training checkpoint (``state_dict`` + ``hyper_parameters.config`` [+
+    ``ema_state_dict``]). Raises ``FileNotFoundError`` or :class:`CheckpointError` saying what the path is instead."""
+    import torch
+
+    p = Path(path).expanduser()
+    if p.is_dir():
+        config, state, manifest = read_export(p)
+        ema_path = p / "ema.safetensors"
+        ema: Any = load_checkpoint(ema_path) if use_ema and ema_path.is_file() else {}
+    else:
+        obj = load_checkpoint(p)
+        hp = obj.get("hyper_parameters") if isinstance(obj, Mapping) else None
+        stored = hp.get("config") if isinstance(hp, Mapping) else None
+        if not isinstance(stored, Mapping) or not isinstance(obj.get("state_dict"), Mapping):
+            raise CheckpointError(
+                f"{p} is not a stage checkpoint (a Lightning .ckpt with state_dict and hyper_parameters.config, e.g. "
+                "a run's checkpoints/last.ckpt) nor an export folder"
+            )
+        config, manifest = dict(stored), {}
+        state = {k: v for k, v in obj["state_dict"].items() if isinstance(v, torch.Tensor)}
+        ema = obj.get("ema_state_dict") if use_ema else None
+    averaged = {k: v for k, v in dict(ema or {}).items() if k in state}
+    state.update(averaged)
+    return StageSource(p, dict(config), state, manifest, used_ema=bool(averaged))
 
 
 def save_safetensors(tensors: Mapping[str, torch.Tensor], path: str | os.PathLike[str]) -> Path:

@@ -23,6 +23,11 @@ decoder checkpoint carries its own encoder) and refuses mismatched stages with a
 each was trained with; nothing is re-encoded (a decode-encode round trip through another MoVQ would change the
 sample). ``latent_scale`` differences between stages are converted exactly.
 
+:func:`generate` (what ``ff generate`` calls) runs the typed, Lightning-free stages of
+:class:`ff_lightning.pipelines.VideoPipeline` (same samples, bit for bit; checkpoints or ``ff export`` / ``ff import``
+folders; ``device`` and ``precision``); the functions below run the training systems themselves and remain for
+reference-image keyframe models and for tests that compare both.
+
 Random draws come from CPU generators seeded from ``seed`` (keyframes ``seed``, interpolation ``seed + 1``): the same
 seed and options give identical frames.
 """
@@ -452,11 +457,20 @@ def generate(
     """Load the stages (checkpoints or export / import folders) onto ``device``, generate under ``precision``
     (``fp32`` | ``bf16`` | ``fp16`` autocast), and write ``out`` (mp4) / ``gif`` when given. The result's ``weights``
     record each stage's path and sha256."""
-    from ff_lightning.pipelines import VideoPipeline
+    from ff_lightning.pipelines import VideoPipeline, autocast
+    from ff_lightning.pipelines.video import UnsupportedStage
 
-    pipe = VideoPipeline.from_paths(keyframes, interpolation, decoder, device=device, precision=precision)
-    result = pipe.generate(prompt, options)
-    result.weights = pipe.weights()
+    o = options or GenerateOptions()
+    try:
+        if o.image is not None or o.image_guidance_weight is not None:
+            raise UnsupportedStage("a reference image")
+        pipe = VideoPipeline.from_paths(keyframes, interpolation, decoder, device=device, precision=precision)
+    except UnsupportedStage:  # reference-image keyframe models run through their system
+        stages = load_stages(keyframes, interpolation, decoder, device=device)
+        with autocast(device, precision):
+            result = generate_video(stages, prompt, o)
+    else:
+        result = pipe.generate(prompt, o)
     if out is not None or gif is not None:
         if out is None:
             raise ValueError("gif needs out (the mp4) too")

@@ -286,17 +286,17 @@ def load_pipeline_generator(
         videos = pipe.sample(prompts, seed, options)  # (B, T, 3, H, W)
         return adapt_frames(videos, wanted)[:, :wanted] if made < wanted else videos[:, :wanted]
 
-    h, w = (int(s) for s in pipe.keyframes.cfg.data.size)
-    name = f"pipeline-{pipe.keyframes.cfg.model.preset}-{pipe.fingerprint()}"
+    h, w = (int(s) for s in pipe.keyframes.config.data.size)
+    name = f"pipeline-{pipe.keyframes.config.model.preset}-{pipe.fingerprint()}"
     identity: dict[str, Any] = {
         "name": name,
         "kind": "pipeline",
         "stages": pipe.weights(),
         "decoder": "video decoder" if pipe.decoder is not None else "image MoVQ decoder, frame by frame",
-        "sampling": {"sampler": str(pipe.keyframes.m.sampler),
-                     "sample_steps": sample_steps or int(pipe.keyframes.m.sample_steps),
+        "sampling": {"sampler": str(pipe.keyframes.settings.sampler),
+                     "sample_steps": sample_steps or int(pipe.keyframes.settings.sample_steps),
                      "guidance_weight": guidance_weight if guidance_weight is not None
-                     else float(pipe.keyframes.m.guidance_weight), "passes": passes,
+                     else float(pipe.keyframes.settings.guidance_weight), "passes": passes,
                      "seed_rule": "prompt i of a batch: batch seed * 1009 + i"},  # fmt: skip
         "frames": {"keyframes": k, "generated": made, "protocol": wanted, "clip": f"frames 0..{wanted - 1}",
                    "adaptation": adaptation},  # fmt: skip

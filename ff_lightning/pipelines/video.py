@@ -1,19 +1,22 @@
 """The text -> video inference pipeline as one object: typed stages + the weights that made them + precision.
 
-:class:`VideoPipeline` is what ``ff generate`` and the full-pipeline benchmark generator (``ff eval ucf101|msrvtt
---pipeline DIR``) run. It is built from
+:class:`VideoPipeline` is what ``ff generate`` (plain keyframe models) and the full-pipeline benchmark generator
+(``ff eval ucf101|msrvtt --pipeline DIR``) run. It is built from
 
 - an ``ff import`` folder (:meth:`VideoPipeline.from_folder`: its ``export.json`` names the stages),
 - stage paths (:meth:`VideoPipeline.from_paths`): each an ``ff export`` / ``ff import`` stage folder or a training
   checkpoint (Lightning ``.ckpt``) of the keyframes / interpolation / decoder system.
 
-Stages are loaded by :func:`ff_lightning.pipeline.load_stage` (strict; EMA weights swapped in; latent spaces checked)
-and typed: :class:`~ff_lightning.systems.keyframes.KeyframesModule`,
-:class:`~ff_lightning.systems.interpolation.InterpolationModule`, :class:`~ff_lightning.systems.decoder.DecoderModule`
-(no ``Any``). :meth:`VideoPipeline.weights` records each stage's path and sha256 for result files.
+No LightningModule is built: each stage is read once (:func:`ff_lightning.checkpoints.read_stage_source`, EMA weights
+laid over) and turned into a typed stage of :mod:`.stages` (:class:`~.stages.KeyframeStage`,
+:class:`~.stages.InterpolationStage`, :class:`~.stages.DecoderStage`) whose sampling reproduces its training
+system's bit for bit. The stages must share one MoVQ latent space (checked as in :mod:`ff_lightning.pipeline`).
+:meth:`VideoPipeline.weights` records each stage's path and sha256 (and, for imports, the release files).
+Reference-image keyframe models (``reference_keyframes``) are not stages here: :func:`ff_lightning.pipeline.generate`
+runs them through their system.
 
-Precision: ``fp32`` (default), ``bf16`` or ``fp16``: the sampling and decoding run under ``torch.autocast`` of the
-pipeline's device type (the weights stay float32; outputs are returned as float32 in [-1, 1]).
+Precision: ``fp32`` (default), ``bf16`` or ``fp16``: sampling and decoding run under ``torch.autocast`` of the
+pipeline's device type (weights stay float32; frames come back float32 in [-1, 1]).
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import contextlib
 import hashlib
 import json
 import os
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -32,12 +36,11 @@ import torch
 from ff_lightning.config import ConfigError
 
 if TYPE_CHECKING:
+    from ff_lightning.checkpoints import StageSource
     from ff_lightning.pipeline import GenerateOptions, GenerationResult
-    from ff_lightning.systems.decoder import DecoderModule
-    from ff_lightning.systems.interpolation import InterpolationModule
-    from ff_lightning.systems.keyframes import KeyframesModule
+    from ff_lightning.pipelines.stages import DecoderStage, InterpolationStage, KeyframeStage
 
-__all__ = ["PRECISIONS", "StageWeights", "VideoPipeline", "autocast", "weights_record"]
+__all__ = ["PRECISIONS", "StageWeights", "UnsupportedStage", "VideoPipeline", "autocast", "weights_record"]
 
 PRECISIONS: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -66,6 +69,7 @@ class StageWeights:
     variant: str
     preset: str
     imported_from: dict[str, Any] | None = None  # ff import: release format and source files (path, sha256)
+    ema: bool = False  # EMA weights laid over the raw ones
 
 
 def _sha256(path: Path) -> str:
@@ -74,24 +78,42 @@ def _sha256(path: Path) -> str:
     return sha256_file(path / "module.safetensors" if path.is_dir() else path)
 
 
-def weights_record(stage: str, path: str | os.PathLike[str], module: Any) -> StageWeights:
-    """The :class:`StageWeights` of a loaded stage ``module`` read from ``path``."""
-    p = Path(path).expanduser().resolve()
-    manifest = getattr(module, "export_manifest", None) or {}
+def weights_record(stage: str, src: StageSource) -> StageWeights:
+    """The :class:`StageWeights` of a stage read from ``src``."""
+    p = src.path.resolve()
+    model = src.config.get("model") or {}
     return StageWeights(
-        stage=stage, path=str(p), sha256=_sha256(p), system=str(module.cfg.system),
-        variant=str(module.cfg.model.variant), preset=str(module.cfg.model.preset),
-        imported_from=manifest.get("imported_from"),
+        stage=stage, path=str(p), sha256=_sha256(p), system=str(src.config.get("system")),
+        variant=str(model.get("variant")), preset=str(model.get("preset")),
+        imported_from=src.manifest.get("imported_from"), ema=src.used_ema,
     )  # fmt: skip
+
+
+def _check_latent_spaces(movqs: dict[str, Any], paths: dict[str, Any], trained: dict[str, Any]) -> None:
+    """Refuse stages whose image-MoVQ encoders differ (see :func:`ff_lightning.pipeline.check_latent_spaces`)."""
+    from ff_lightning.pipeline import movq_fingerprint
+
+    prints = {name: movq_fingerprint(m) for name, m in movqs.items() if m is not None}
+    if len(set(prints.values())) > 1:
+        lines = "\n".join(f"  {n}: {paths.get(n)} (trained on module.movq_ckpt={trained.get(n)}; encoder "
+                          f"fingerprint {fp})" for n, fp in prints.items())  # fmt: skip
+        raise ConfigError("the stages were trained in different MoVQ latent spaces (different image-MoVQ encoders):\n"
+                          f"{lines}\nUse stages trained on the same image MoVQ (e.g. all three from `make tiny-models`), or go "
+                          "without the video decoder (`ff generate --no-decoder`: the keyframe model's own image MoVQ "
+                          "decodes frame by frame).")
+
+
+class UnsupportedStage(ConfigError):
+    """A stage kind the typed pipeline does not run (reference-image keyframe models)."""
 
 
 @dataclass
 class VideoPipeline:
     """Keyframes -> interpolation (optional) -> video decoder (optional: else the image MoVQ frame by frame)."""
 
-    keyframes: KeyframesModule
-    interpolation: InterpolationModule | None = None
-    decoder: DecoderModule | None = None
+    keyframes: KeyframeStage
+    interpolation: InterpolationStage | None = None
+    decoder: DecoderStage | None = None
     stage_weights: dict[str, StageWeights] = field(default_factory=dict)
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     precision: str = "fp32"
@@ -107,20 +129,35 @@ class VideoPipeline:
         device: str | torch.device = "cpu",
         precision: str = "fp32",
     ) -> VideoPipeline:
-        """Load the stages (folders or checkpoints) onto ``device``; the latent spaces must agree."""
-        from ff_lightning.pipeline import Stages, check_latent_spaces, load_stage
+        """Read and build the stages (folders or checkpoints) onto ``device``; the latent spaces must agree."""
+        from ff_lightning.checkpoints import read_stage_source
+        from ff_lightning.pipelines.stages import build_decoder_stage, build_interpolation_stage, build_keyframe_stage
 
         if precision not in PRECISIONS:
             raise ConfigError(f"unknown precision {precision!r}; valid: {', '.join(PRECISIONS)}")
         dev = torch.device(device)
         paths = {"keyframes": keyframes, "interpolation": interpolation, "decoder": decoder}
-        loaded = {s: load_stage(s, p, dev) for s, p in paths.items() if p}
-        stages = Stages(loaded["keyframes"], loaded.get("interpolation"), loaded.get("decoder"),
-                        {s: str(p) if p else None for s, p in paths.items()})  # fmt: skip
-        check_latent_spaces(stages)
-        record = {s: weights_record(s, paths[s], m) for s, m in loaded.items()}  # type: ignore[arg-type]
-        return cls(stages.keyframes, stages.interpolation, stages.decoder, record, dev, precision)
-
+        sources = {}
+        for stage, path in paths.items():
+            if not path:
+                continue
+            p = Path(path).expanduser()
+            if not p.exists():
+                raise FileNotFoundError(f"{stage} checkpoint not found: {p}")
+            sources[stage] = read_stage_source(p)
+        system = str(sources["keyframes"].config.get("system"))
+        if system != "keyframes":
+            raise UnsupportedStage(f"{keyframes}: a {system!r} keyframe stage (the typed pipeline runs the keyframes "
+                                   "system; ff generate runs reference-image models through their system)")  # fmt: skip
+        kf = build_keyframe_stage(sources["keyframes"]).to(dev)
+        ip = build_interpolation_stage(sources["interpolation"]).to(dev) if "interpolation" in sources else None
+        dec = build_decoder_stage(sources["decoder"]).to(dev) if "decoder" in sources else None
+        trained = {s: (src.config.get("module") or {}).get("movq_ckpt") or "its own (in the stage)"
+                   for s, src in sources.items()}  # fmt: skip
+        _check_latent_spaces({"keyframes": kf.movq, "interpolation": ip.movq if ip else None,
+                              "decoder": dec.movq if dec else None}, paths, trained)  # fmt: skip
+        record = {s: weights_record(s, src) for s, src in sources.items()}
+        return cls(kf, ip, dec, record, dev, precision)
     @classmethod
     def from_folder(
         cls, folder: str | os.PathLike[str], *, device: str | torch.device = "cpu", precision: str = "fp32",
@@ -146,19 +183,59 @@ class VideoPipeline:
 
     @staticmethod
     def is_pipeline_folder(path: str | os.PathLike[str]) -> bool:
+        """Whether ``path`` is an ``ff import`` folder naming a keyframes stage."""
         p = Path(path).expanduser() / "export.json"
         return p.is_file() and "keyframes" in (json.loads(p.read_text()).get("stages") or {})
 
     # ------------------------------------------------------------------------------------------------ running
     def generate(self, prompt: str, options: GenerateOptions | None = None) -> GenerationResult:
-        """One video for ``prompt`` (see :func:`ff_lightning.pipeline.generate_video`), under the precision."""
-        from ff_lightning.pipeline import Stages, generate_video
+        """One video for ``prompt``: the stages of :func:`ff_lightning.pipeline.generate_video` (same seeds: keyframes
+        ``seed``, interpolation ``seed + 1``; same defaults), under the pipeline's precision."""
+        from ff_lightning.pipeline import GenerateOptions, GenerationResult, _stage_bar
 
-        stages = Stages(self.keyframes, self.interpolation, self.decoder)
+        o = options or GenerateOptions()
+        if o.image is not None or o.image_guidance_weight is not None:
+            raise UnsupportedStage("this keyframe model takes no reference image (a reference_keyframes checkpoint does)")
+        kf, ip, dec = self.keyframes, self.interpolation, self.decoder
+        seconds: dict[str, float] = {}
         with autocast(self.device, self.precision):
-            result = generate_video(stages, prompt, options)
-        result.frames = result.frames.float()
-        return result
+            t0 = time.perf_counter()
+            steps = int(o.steps or kf.settings.sample_steps)
+            size = o.size or tuple(kf.config.data.size)
+            with _stage_bar("keyframes", steps, kf.unet, o.progress):
+                lat = kf.sample([prompt], kf.latent_size(size), steps=steps, guidance_weight=o.guidance_weight,
+                                seed=o.seed, frame_step=o.frame_step)  # fmt: skip
+            seconds["keyframes"] = time.perf_counter() - t0
+            num_keyframes, passes = lat.shape[1], 0
+            if ip is not None and o.passes > 0:
+                t0 = time.perf_counter()
+                ip_steps = int(o.interp_steps or ip.settings.sample_steps)
+                with _stage_bar("interpolation", ip_steps * o.passes, ip.unet, o.progress):
+                    lat = ip.interpolate(lat, passes=o.passes, skip_frames=o.skip_frames,
+                                         guidance_weight=o.interp_guidance_weight, perturbation_time=o.perturbation,
+                                         steps=ip_steps, seed=o.seed + 1)  # fmt: skip
+                passes = o.passes
+                seconds["interpolation"] = time.perf_counter() - t0
+            latents = lat[0]
+            t0 = time.perf_counter()
+            if dec is not None:
+                what = f"video decoder ({dec.variant})"
+                with _stage_bar("decoder", 1, None, o.progress) as bar:
+                    frames = dec.decode(latents)
+                    bar.update(1)
+            else:
+                from ff_lightning.pipelines.stages import DecoderStage
+
+                what = "image MoVQ decoder, frame by frame"
+                with _stage_bar("decoder (image MoVQ, frame by frame)", latents.shape[0], None, o.progress) as bar:
+                    frames = DecoderStage(kf.movq, video=False).decode(latents)
+                    bar.update(latents.shape[0])
+            seconds["decoder"] = time.perf_counter() - t0
+        data = kf.config.data
+        fps = float(o.fps) if o.fps else max(1.0, float(getattr(data, "fps", None) or 8.0)
+                                              / float(o.frame_step or kf.default_frame_step or 1) * 4**passes)
+        return GenerationResult(frames.float().clamp(-1, 1).cpu(), latents.float().cpu(), num_keyframes, what, fps,
+                                seconds, weights=self.weights())  # fmt: skip
 
     def sample(
         self, prompts: Sequence[str], seed: int, options: GenerateOptions | None = None
