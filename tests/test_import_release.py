@@ -219,28 +219,22 @@ def test_import_refuses_partial_loads_and_lists_what_is_missing(tmp_path: Path) 
         detect_format(tmp_path)
 
 
-def test_ff_import_cli_then_generate(tmp_path: Path) -> None:
-    src, out = tmp_path / "kv10", tmp_path / "out"
-    write_release(src, "kv1.0", weights_subdir=False)
-    cmd = [sys.executable, "-m", "ff_lightning.cli", "import", str(src), "--out", str(out), "--preset", "tiny",
-           "--num-frames", "4", "--text-encoder", "tiny", "--text-dim", "64", "--size", "32x32"]  # fmt: skip
-    run = subprocess.run(cmd, capture_output=True, text=True, env={"OMP_NUM_THREADS": "1", **_env()})
-    assert run.returncode == 0, run.stderr
-    assert "stage keyframes" in run.stdout and "imported kv1.0" in run.stdout
+def test_ff_import_cli_then_generate(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from ff_lightning.cli import main
     from ff_lightning.pipeline import GenerateOptions, generate
 
+    src, out = tmp_path / "kv10", tmp_path / "out"
+    write_release(src, "kv1.0", weights_subdir=False)
+    args = ["import", str(src), "--out", str(out), "--preset", "tiny", "--num-frames", "4", "--text-encoder", "tiny",
+            "--text-dim", "64", "--size", "32x32"]  # fmt: skip
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert "stage keyframes" in printed and "imported kv1.0" in printed
     result = generate("a red circle", out / "keyframes", out / "interpolation", None, out=tmp_path / "v.mp4",
                       options=GenerateOptions(steps=2, interp_steps=2, progress=False))  # fmt: skip
     assert result.frames.shape == (13, 3, 32, 32) and (tmp_path / "v.mp4").stat().st_size > 0
-    bad = subprocess.run([*cmd[:4], str(tmp_path), "--out", str(tmp_path / "x")], capture_output=True, text=True,
-                         env={"OMP_NUM_THREADS": "1", **_env()})  # fmt: skip
-    assert bad.returncode == 2 and "no released Kandinsky files" in bad.stderr
-
-
-def _env() -> dict[str, str]:
-    import os
-
-    return {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
+    assert main(["import", str(tmp_path), "--out", str(tmp_path / "x")]) == 2
+    assert "no released Kandinsky files" in capsys.readouterr().err
 
 
 def test_checkpoints_module_imports_no_torch() -> None:
