@@ -212,11 +212,25 @@ def test_chunked_decode_with_enough_context_matches_full(variant: str) -> None:
     lat = _latents(videos=1, frames=frames)
     with torch.no_grad():
         full = decoder(pair[0](lat), lat, num_frames=frames)
-    chunked = decode_video(pair, lat, frames, chunk_frames=chunk, context_frames=int(radius))
+    chunked = decode_video(pair, lat, frames, chunk_frames=chunk, context_frames=int(radius), method="window")
     torch.testing.assert_close(chunked, full, atol=1e-5, rtol=1e-5)
     if radius:  # with less context the chunk edges differ: the context is what makes it exact
-        short = decode_video(pair, lat, frames, chunk_frames=chunk, context_frames=int(radius) - 1)
+        short = decode_video(pair, lat, frames, chunk_frames=chunk, context_frames=int(radius) - 1, method="window")
         assert (short - full).abs().max() > 1e-6
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_stream_decode_equals_whole_decode(image_movq: MoVQ, variant: str) -> None:
+    # the default chunked decode streams: every variant, attention included, equals the whole decode
+    model = video_decoder_from_image(image_movq, variant).eval()
+    _perturb_temporal(model.decoder)
+    lat = torch.randn(2 * 7, 4, 4, 4, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        full = model.decode(lat, num_frames=7)
+    for chunk in (1, 2, 3):
+        torch.testing.assert_close(decode_video(model, lat, 7, chunk_frames=chunk), full, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="unknown decode method"):
+        decode_video(model, lat, 7, chunk_frames=2, method="nope")
 
 
 def test_chunked_decode_attention_values(image_movq: MoVQ) -> None:
@@ -230,11 +244,11 @@ def test_chunked_decode_attention_values(image_movq: MoVQ) -> None:
     with torch.no_grad():
         full = model.decode(lat, num_frames=6)
     # context reaching both ends for every chunk: each window is the whole video, so every kept frame is exact
-    wide = decode_video(model, lat, 6, chunk_frames=2, context_frames=4)
+    wide = decode_video(model, lat, 6, chunk_frames=2, context_frames=4, method="window")
     torch.testing.assert_close(wide, full, atol=1e-5, rtol=1e-5)
     # shorter context: temporal attention (global receptive field) only sees the window, the documented
     # approximation; the chunk's frames still come back in place (frame 0 is decoded from window 0..4)
-    short = decode_video(model, lat, 6, chunk_frames=3, context_frames=2)
+    short = decode_video(model, lat, 6, chunk_frames=3, context_frames=2, method="window")
     assert short.shape == full.shape and (short - full).abs().max() > 1e-6
     with torch.no_grad():
         window = model.decode(lat.view(2, 6, *lat.shape[1:])[:, :5].flatten(0, 1), num_frames=5)

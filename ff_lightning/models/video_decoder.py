@@ -40,6 +40,7 @@ from torch import nn
 
 from ff_lightning.models.layers import ResnetBlock, TemporalAttnBlock, inflate_conv_weight
 from ff_lightning.models.movq import DECODER_CONFIG_KEYS, MOVQ_PRESETS, Decoder, MoVQ, TemporalSpec
+from ff_lightning.models.stream_decode import stream_decode
 from ff_lightning.registry import register_component, register_variant
 
 __all__ = [
@@ -219,19 +220,24 @@ def decode_video(
     num_frames: int,
     chunk_frames: int | None = None,
     context_frames: int = 4,
+    method: str = "stream",
 ) -> torch.Tensor:
-    """Decode latents ``(b t) c h w`` into frames ``(b t) out_ch H W`` holding at most ``chunk_frames`` output frames
-    (plus context) of each video in the decoder at once. No gradients.
+    """Decode latents ``(b t) c h w`` into frames ``(b t) out_ch H W``, at most ``chunk_frames`` frames of each video
+    in a decoder level at once. No gradients.
 
     ``model``: a :class:`MoVQ` or a ``(post_quant_conv, decoder)`` pair. With ``chunk_frames=None`` or
-    ``chunk_frames >= num_frames`` the whole video is decoded in one call (identical to ``movq.decode``). Otherwise
-    time is cut into consecutive chunks of ``chunk_frames``; each is decoded together with up to
-    ``min(context_frames, temporal_receptive_radius)`` real neighbouring frames on each side (overlap), and only the
-    chunk's own frames are kept. Temporal convs see zero padding only at the true ends of the video, so the result
-    equals the full decode exactly (up to float rounding) when ``context_frames >= temporal_receptive_radius`` —
-    e.g. the image decoder (radius 0) and conv / resblock variants with enough context. With temporal attention
-    (unbounded radius) chunks only approximate the full decode; use ``chunk_frames >= num_frames`` for exactness.
-    Peak memory grows with ``chunk_frames + 2 * context_frames``.
+    ``chunk_frames >= num_frames`` the whole video is decoded in one call (identical to ``movq.decode``). Otherwise:
+
+    - ``method="stream"`` (default): :func:`~ff_lightning.models.stream_decode.stream_decode`, exact (equal to the
+      whole decode up to float rounding) for every variant, each frame computed once; temporal convs hold the few
+      frames they still need between chunks. Memory is flat in the length except for the stages up to the last
+      temporal attention (global receptive field), which run on the whole video at the latent resolution.
+      ``context_frames`` is unused.
+    - ``method="window"``: each chunk is decoded on its own together with up to
+      ``min(context_frames, temporal_receptive_radius)`` real neighbouring frames on each side (recomputed), and only
+      the chunk's frames are kept. Exact only when ``context_frames >= temporal_receptive_radius`` (never with
+      temporal attention, whose radius is unbounded: each window attends only within itself); costs
+      ``(chunk + 2 * context) / chunk`` times the compute.
     """
     post_quant_conv, decoder = (model.post_quant_conv, model.decoder) if isinstance(model, MoVQ) else model
     t = num_frames
@@ -239,6 +245,10 @@ def decode_video(
         return decoder(post_quant_conv(latents), latents, num_frames=t)
     if chunk_frames < 1:
         raise ValueError(f"chunk_frames must be >= 1, got {chunk_frames}")
+    if method == "stream":
+        return stream_decode(post_quant_conv, decoder, latents, t, chunk_frames)
+    if method != "window":
+        raise ValueError(f"unknown decode method {method!r}; valid: stream, window")
     radius = temporal_receptive_radius(decoder)
     context = int(min(context_frames, radius))
     video = rearrange(latents, "(b t) c h w -> b t c h w", t=t)  # unfold to slice time
