@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import re
 from pathlib import Path
 
 import pytest
@@ -11,6 +13,8 @@ from safetensors.torch import save_file
 from ff_lightning.interop import CheckpointError, load_movqgan, load_video_decoder, load_weights, read_state_dict
 from ff_lightning.models.video_decoder import video_decoder_from_image
 from ff_lightning.registry import build
+
+REFERENCE = Path(__file__).resolve().parents[1] / "ff_lightning" / "reference"
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -132,3 +136,46 @@ def test_arbitrary_pickle_is_refused(movq: torch.nn.Module, tmp_path: Path) -> N
     torch.save({"state_dict": movq.state_dict(), "payload": NotATensor()}, path)
     with pytest.raises(CheckpointError, match="refusing"):
         read_state_dict(path)
+
+
+def _kandinsky_video_layout(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """A Kandinsky Video MoVQ file's layout, written by hand from the module tree (``named_parameters`` /
+    ``named_buffers``, not our ``state_dict``): merge scalars bare (``temporal_merge1``), every encoder norm a
+    SpatialNorm without latent (``...norm1.norm_layer.weight``), no quantizer."""
+    out = {}
+    for name, t in [*model.named_parameters(), *model.named_buffers()]:
+        if name.startswith("quantize."):
+            continue
+        key = re.sub(r"\.(temporal_merge\d)\.alpha$", r".\1", name)
+        if key.startswith("encoder.") and re.search(r"\.(norm1|norm2|norm|norm_out)\.(weight|bias)$", key):
+            head, _, leaf = key.rpartition(".")
+            key = f"{head}.norm_layer.{leaf}"
+        out[key] = t.detach().clone()
+    return out
+
+
+def test_kandinsky_video_layout_built_by_hand_loads(movq: torch.nn.Module, tmp_path: Path) -> None:
+    """A file in the released video-MoVQ layout, not written by our save code, loads into our video decoder."""
+    manifest = json.loads((REFERENCE / "video_movq_decoder_conv3x1x1.json").read_text())
+    released = {k for k, _ in manifest["state_dict"]}
+    assert "mid.block_1.temporal_merge1" in released  # bare merge scalars, as the release has them
+    video = video_decoder_from_image(movq, "conv3x1x1").eval()
+    with torch.no_grad():
+        for name, p in video.named_parameters():
+            if "temporal" in name:  # zero-initialised temporal parameters: give them values to transport
+                p.copy_(torch.randn(p.shape, generator=torch.Generator().manual_seed(len(name))) * 0.05)
+    state = _kandinsky_video_layout(video)
+    assert "decoder.mid.block_1.temporal_merge1" in state and "encoder.norm_out.norm_layer.weight" in state
+    assert {k[len("decoder."):] for k in state if k.startswith("decoder.mid.")} <= released
+    path = tmp_path / "video_movq.pt"
+    torch.save(state, path)
+    decoder = load_video_decoder(path, "conv3x1x1", preset="tiny", attn_zq_first_frame=False).eval()
+    fresh = video_decoder_from_image(build("movq", "movqgan", "tiny"), "conv3x1x1")
+    load_weights(fresh, path, missing_ok=("quantize.",))
+    lat = torch.randn(4, 4, 4, 4, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        want = video.decode(lat, num_frames=4)
+        assert torch.equal(decoder(video.post_quant_conv(lat), lat, num_frames=4), want)
+        assert torch.equal(fresh.eval().decode(lat, num_frames=4), want)
+        x = _frames()
+        assert torch.equal(fresh.encoder(x), video.encoder(x))  # the renamed encoder norms landed where they belong

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,6 +19,8 @@ from ff_lightning.interop.unet import (
 )
 from ff_lightning.models.temporal import AlphaMerge
 from ff_lightning.registry import build
+
+REFERENCE = Path(__file__).resolve().parents[1] / "ff_lightning" / "reference"
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -129,3 +133,32 @@ def test_pickled_objects_are_refused(tmp_path: Path) -> None:
     torch.save({"epoch": 1}, empty)
     with pytest.raises(CheckpointError, match="no tensors"):
         load_unet_weights(build("t2i_unet", "kandinsky3", "tiny"), empty)
+
+
+def _release_layout(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The released key layout, written by hand from the module tree (``named_parameters`` / ``named_buffers``, not
+    our ``state_dict``): merge scalars are plain parameters of their block (``...temporal_merge``,
+    ``time_embed_merge``), where our modules keep them in an ``AlphaMerge`` child's ``alpha``."""
+    out = {}
+    for name, t in [*model.named_parameters(), *model.named_buffers()]:
+        key = re.sub(r"(^|\.)((?:temporal|time_embed)_merge\d?)\.alpha$", r"\1\2", name)
+        out[key] = t.detach().clone()
+    return out
+
+
+def test_release_layout_built_by_hand_loads(tmp_path: Path) -> None:
+    """A file in the release layout, not written by our save code, loads into the interpolation UNet exactly."""
+    manifest = json.loads((REFERENCE / "kandinsky_video_1_0_interpolation_unet.json").read_text())
+    released = {k for k, _ in manifest["state_dict"]}
+    assert "time_embed_merge" in released  # the layout rule above, as the release has it
+    assert any(k.endswith(".resnet_blocks.0.temporal_merge") for k in released)
+    source = _trained("interpolation_unet", "kandinsky_video", seed=1)
+    state = _release_layout(source)
+    merges = [k for k in state if k.endswith("_merge")]
+    assert "time_embed_merge" in merges and len(merges) > 4
+    assert any(k in released for k in merges if k != "time_embed_merge")  # tiny shares the first blocks' names
+    path = tmp_path / "interpolation_unet.pt"
+    torch.save({"unet": state, "null_embedding": torch.zeros(32)}, path)
+    target = _trained("interpolation_unet", "kandinsky_video", seed=2)
+    load_unet_weights(target, path)
+    torch.testing.assert_close(_outputs(target), _outputs(source), rtol=0, atol=0)
