@@ -142,7 +142,6 @@ def load_keyframes_generator(
     adaptation; the size is the module's own (``size`` is recorded, not used). Raises :class:`GeneratorUnavailable`
     for a file that is not a keyframe checkpoint or whose MoVQ is missing.
     """
-    from ff_lightning.ablate import _load_checkpoint
     from ff_lightning.config import compose
     from ff_lightning.metrics.weights import sha256_file
     from ff_lightning.pipelines import autocast
@@ -153,7 +152,6 @@ def load_keyframes_generator(
         raise GeneratorUnavailable(f"{p}: --passes applies to a --pipeline folder, not to keyframe checkpoints")
     raw = keyframe_checkpoint_config(p, obj)
     step = obj.get("global_step")
-    del obj
     m = raw.get("module") or {}
     movq_path = movq or m.get("movq_ckpt")
     if not movq_path or not Path(movq_path).expanduser().is_file():
@@ -165,21 +163,13 @@ def load_keyframes_generator(
     items = ["module.t2i_ckpt=null", "module.allow_random_t2i=true", f"module.movq_ckpt={movq_path}",
              "module.allow_random_movq=false"]  # fmt: skip
     cfg = compose(raw, items, source=f"keyframe checkpoint {p}")
-    try:
-        module = _load_checkpoint(cfg, p)
-    except RuntimeError as e:  # strict load: missing / unexpected keys or shapes that do not fit the config
-        raise GeneratorUnavailable(f"{p}: its weights do not fit the model its config describes: {e}") from None
     dev = torch.device(device)
-    module.to(dev).eval()
-    ema = getattr(module, "ema", None)
-    if ema is not None:
-        ema.swap_in(module.trainable_parameters())  # sample with the EMA weights; the module is never trained here
-
     h, w = (int(s) for s in cfg.data.size)
-    with torch.no_grad():
-        latent = module.encode_frames(torch.zeros(1, 3, h, w, device=dev))
-    latent_hw = (int(latent.shape[-2]), int(latent.shape[-1]))
-    t = int(module.num_frames)
+    if str(cfg.system) == "keyframes":  # a typed stage (ff_lightning.pipelines), no LightningModule
+        sample_videos, t, latent_hw, used_ema = _typed_keyframes(p, obj, cfg, dev, (h, w))
+    else:  # systems built on KeyframesModule (reference_keyframes) run through their own generate
+        sample_videos, t, latent_hw, used_ema = _system_keyframes(p, cfg, dev, (h, w))
+    del obj
     mc = cfg.module
     steps = int(sample_steps) if sample_steps is not None else int(mc.sample_steps)
     weight = float(guidance_weight) if guidance_weight is not None else float(mc.guidance_weight)
@@ -194,8 +184,7 @@ def load_keyframes_generator(
 
     def fn(prompts: list[str], seed: int) -> torch.Tensor:
         with autocast(dev, precision):
-            v = module.generate(list(prompts), latent_hw, steps=steps, sampler=method, guidance_weight=weight,
-                                seed=int(seed))  # (B, T, 3, H, W)
+            v = sample_videos(list(prompts), latent_hw, steps, method, weight, int(seed))  # (B, T, 3, H, W)
         return adapt_frames(v.float().clamp(-1, 1).cpu(), wanted)
 
     sha = sha256_file(p)
@@ -210,7 +199,7 @@ def load_keyframes_generator(
         "variant": str(cfg.model.variant),
         "preset": str(cfg.model.preset),
         "global_step": int(step) if step is not None else None,
-        "ema": ema is not None,
+        "ema": used_ema,
         "text_encoder": str(mc.text_encoder),
         "movq_ckpt": str(mv),
         "movq_sha256": sha256_file(mv),
@@ -231,6 +220,54 @@ def load_keyframes_generator(
              cfg.model.variant, cfg.model.preset, t, h, w, method, steps, weight,
              f"; {adaptation}" if adaptation else "")  # fmt: skip
     return NamedGenerator(name, fn, identity)
+
+
+def _typed_keyframes(p: Path, obj: Any, cfg: Any, dev: torch.device, size: tuple[int, int]) -> tuple[Any, ...]:
+    """``(sample_videos, frames, latent_hw, used_ema)`` from a :class:`~ff_lightning.pipelines.stages.KeyframeStage`
+    (EMA weights laid over when the run kept an EMA, as the system's ``on_load_checkpoint`` does)."""
+    from einops import rearrange
+
+    from ff_lightning.checkpoints import CheckpointError, StageSource
+    from ff_lightning.pipelines.stages import build_keyframe_stage
+
+    state = {k: v for k, v in obj["state_dict"].items() if isinstance(v, torch.Tensor)}
+    ema = obj.get("ema_state_dict") if cfg.optim.ema_decay else None
+    averaged = {k: v for k, v in dict(ema or {}).items() if k in state}
+    state.update(averaged)
+    config = OmegaConf.to_container(cfg, resolve=True)
+    try:
+        stage = build_keyframe_stage(StageSource(p, dict(config), state, {}, bool(averaged))).to(dev)  # type: ignore[arg-type]
+    except CheckpointError as e:  # strict load: missing / unexpected keys or shapes that do not fit the config
+        raise GeneratorUnavailable(f"{p}: its weights do not fit the model its config describes: {e}") from None
+    t = stage.num_frames
+
+    def sample_videos(prompts: list[str], latent_hw: Any, steps: int, method: str, weight: float, seed: int) -> Any:
+        lat = stage.sample(prompts, latent_hw, steps=steps, sampler=method, guidance_weight=weight, seed=seed)
+        frames = stage.movq.decode(rearrange(lat, "b t c h w -> (b t) c h w"), num_frames=t)
+        return rearrange(frames, "(b t) c h w -> b t c h w", t=t)
+
+    return sample_videos, t, stage.latent_size(size), bool(averaged)
+
+
+def _system_keyframes(p: Path, cfg: Any, dev: torch.device, size: tuple[int, int]) -> tuple[Any, ...]:
+    """The same through the system (reference-image keyframe models): strict load, EMA swapped in."""
+    from ff_lightning.ablate import _load_checkpoint
+
+    try:
+        module = _load_checkpoint(cfg, p)
+    except RuntimeError as e:  # strict load: missing / unexpected keys or shapes that do not fit the config
+        raise GeneratorUnavailable(f"{p}: its weights do not fit the model its config describes: {e}") from None
+    module.to(dev).eval()
+    ema = getattr(module, "ema", None)
+    if ema is not None:
+        ema.swap_in(module.trainable_parameters())  # sample with the EMA weights; the module is never trained here
+    with torch.no_grad():
+        latent = module.encode_frames(torch.zeros(1, 3, *size, device=dev))
+
+    def sample_videos(prompts: list[str], latent_hw: Any, steps: int, method: str, weight: float, seed: int) -> Any:
+        return module.generate(prompts, latent_hw, steps=steps, sampler=method, guidance_weight=weight, seed=seed)
+
+    return sample_videos, int(module.num_frames), (int(latent.shape[-2]), int(latent.shape[-1])), ema is not None
 
 
 def _short(x: float) -> str:
