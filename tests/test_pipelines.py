@@ -30,6 +30,8 @@ def imported(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("kv10")
     write_release(root / "src", "kv1.0")
     import_release(root / "src", root / "out", spec=TINY)
+    config = root / "out" / "interpolation" / "config.yaml"  # 2 sampler steps instead of the release's 50 (speed)
+    config.write_text(config.read_text().replace("sample_steps: 50", "sample_steps: 2"))
     return root / "out"
 
 
@@ -103,3 +105,20 @@ def test_pipeline_benchmark_generator_scores_the_pipelines_frames(imported: Path
     assert "13 frames" in gen.identity["not_comparable"]  # 4 tiny keyframes -> 13 < 16
     videos = gen.fn(["a red circle"], 0)
     assert videos.shape == (1, 16, 3, 32, 32)
+
+
+def test_ff_eval_ucf101_pipeline_end_to_end(imported: Path, tmp_path: Path) -> None:
+    """import -> ff eval ucf101 --pipeline: the result records the stages' weights (evaluator files absent here)."""
+    from ff_lightning.cli import main
+
+    out = tmp_path / "eval"
+    argv = ["eval", "ucf101", "--pipeline", str(imported), "--num-samples", "8", "--allow-missing", "--out", str(out),
+            "--sample-steps", "2", "--precision", "bf16", "--quiet"]  # fmt: skip
+    assert main(argv) == 0
+    (result,) = out.glob("pipeline-*.json")
+    record = json.loads(result.read_text())
+    gen = record["generator"]
+    assert gen["kind"] == "pipeline" and gen["precision"] == "bf16"
+    assert gen["stages"]["keyframes"]["sha256"] == sha256_file(imported / "keyframes" / "module.safetensors")
+    assert gen["frames"]["protocol"] == 16 and gen["frames"]["generated"] == 13
+    assert record["samples"]["generated"] == 8 and not record["comparable_to_paper"]
