@@ -20,7 +20,6 @@ from ff_lightning.metrics import (
     VideoSSIM,
 )
 from ff_lightning.metrics import functional as MF
-from ff_lightning.metrics.perceptual import AlexNetTrunk
 
 
 def _videos(seed: int = 0, b: int = 6) -> tuple[torch.Tensor, torch.Tensor]:
@@ -40,8 +39,9 @@ def _same(a: dict[str, Any], b: dict[str, Any]) -> None:
 
 
 def _trunk_state() -> dict[str, torch.Tensor]:
-    torch.manual_seed(0)
-    return AlexNetTrunk().state_dict()
+    from test_metrics_lpips import _random_trunk_state
+
+    return _random_trunk_state(0)
 
 
 PIXEL: dict[str, tuple[Callable[[], Metric], Callable[[torch.Tensor, torch.Tensor], torch.Tensor]]] = {

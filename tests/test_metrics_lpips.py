@@ -1,9 +1,9 @@
-"""LPIPS against the ``lpips`` package with the same (random) AlexNet trunk; no download may ever happen."""
+"""LPIPS (the ``lpips`` package fed from local files) against a hand-written reference forward with the same (random)
+AlexNet trunk and the package's heads; no download may ever happen."""
 
 from __future__ import annotations
 
 import dataclasses
-import warnings
 from pathlib import Path
 
 import pytest
@@ -11,7 +11,7 @@ import torch
 
 from ff_lightning.metrics import functional as MF
 from ff_lightning.metrics import weights
-from ff_lightning.metrics.perceptual import AlexNetTrunk, build_lpips
+from ff_lightning.metrics.perceptual import TRUNK_KEYS, build_lpips
 from ff_lightning.metrics.weights import WeightsUnavailable
 
 
@@ -35,32 +35,56 @@ def _offline(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
 
 
 def _random_trunk_state(seed: int = 0) -> dict[str, torch.Tensor]:
-    torch.manual_seed(seed)
-    return {k: v.clone() for k, v in AlexNetTrunk().state_dict().items()}
+    """Random AlexNet conv weights under torchvision's names (``features.0.weight`` ...)."""
+    g = torch.Generator().manual_seed(seed)
+    shapes = {0: (64, 3, 11, 11), 3: (192, 64, 5, 5), 6: (384, 192, 3, 3), 8: (256, 384, 3, 3), 10: (256, 256, 3, 3)}
+    state = {}
+    for i, shape in shapes.items():
+        fan_in = shape[1] * shape[2] * shape[3]
+        state[f"features.{i}.weight"] = torch.randn(shape, generator=g) / fan_in**0.5
+        state[f"features.{i}.bias"] = torch.randn(shape[0], generator=g) * 0.1
+    assert set(state) == set(TRUNK_KEYS)
+    return state
 
 
-def _reference(state: dict[str, torch.Tensor]) -> torch.nn.Module:
-    import lpips as lpips_pkg
+def _reference(state: dict[str, torch.Tensor], x0: torch.Tensor, x1: torch.Tensor) -> torch.Tensor:
+    """LPIPS v0.1 written out from the paper / package description (float64): scale, AlexNet conv/ReLU/pool taps,
+    channel unit-normalisation, squared difference, the package's calibrated 1x1 heads, spatial mean, sum."""
+    F = torch.nn.functional
+    heads = torch.load(weights.resolve_weights("lpips_alex_v0.1").path, map_location="cpu", weights_only=True)
+    shift = torch.tensor([-0.030, -0.088, -0.188], dtype=torch.float64).view(1, 3, 1, 1)
+    scale = torch.tensor([0.458, 0.448, 0.450], dtype=torch.float64).view(1, 3, 1, 1)
+    sd = {k: v.double() for k, v in state.items()}
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        ref = lpips_pkg.LPIPS(net="alex", version="0.1", pretrained=True, pnet_rand=True, verbose=False)
-    with torch.no_grad():
-        for name, param in ref.net.named_parameters():  # slice{k}.{torchvision index}.{weight|bias}
-            _, idx, kind = name.split(".")
-            param.copy_(state[f"features.{idx}.{kind}"])
-    return ref.eval()
+    def taps(x: torch.Tensor) -> list[torch.Tensor]:
+        x = (x.double() - shift) / scale
+        out = []
+        x = F.relu(F.conv2d(x, sd["features.0.weight"], sd["features.0.bias"], stride=4, padding=2))
+        out.append(x)
+        x = F.relu(F.conv2d(F.max_pool2d(x, 3, 2), sd["features.3.weight"], sd["features.3.bias"], padding=2))
+        out.append(x)
+        x = F.relu(F.conv2d(F.max_pool2d(x, 3, 2), sd["features.6.weight"], sd["features.6.bias"], padding=1))
+        out.append(x)
+        for i in (8, 10):
+            x = F.relu(F.conv2d(x, sd[f"features.{i}.weight"], sd[f"features.{i}.bias"], padding=1))
+            out.append(x)
+        return out
+
+    total = torch.zeros(x0.shape[0], dtype=torch.float64)
+    for k, (a, b) in enumerate(zip(taps(x0), taps(x1), strict=True)):
+        a = a / (a.square().sum(1, keepdim=True).sqrt() + 1e-10)
+        b = b / (b.square().sum(1, keepdim=True).sqrt() + 1e-10)
+        total += F.conv2d((a - b).square(), heads[f"lin{k}.model.1.weight"].double()).mean(dim=(1, 2, 3))
+    return total
 
 
-def test_lpips_matches_lpips_package_with_same_trunk() -> None:
+def test_lpips_matches_a_hand_written_reference_with_same_trunk() -> None:
     state = _random_trunk_state()
     g = torch.Generator().manual_seed(1)
     x0 = torch.rand(2, 3, 3, 64, 64, generator=g) * 2 - 1
     x1 = (x0 + 0.3 * torch.randn(x0.shape, generator=g)).clamp(-1, 1)
     got = MF.lpips(x0, x1, reduction="frames", backbone_state_dict=state)
-    ref = _reference(state)
-    with torch.no_grad():
-        want = ref(x0.flatten(0, 1), x1.flatten(0, 1)).view(2, 3).double()
+    want = _reference(state, x0.flatten(0, 1), x1.flatten(0, 1)).view(2, 3)
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-7)
     torch.testing.assert_close(
         MF.lpips(x0, x1, reduction="none", backbone_state_dict=state), want.mean(1), rtol=1e-5, atol=1e-7

@@ -1,14 +1,14 @@
-"""LPIPS (Zhang et al. 2018), AlexNet trunk, v0.1, with weights from local files only.
+"""LPIPS (Zhang et al. 2018), AlexNet trunk, v0.1: the ``lpips`` package's network, with weights from local files only.
 
-The network is defined here (no torchvision model construction, so nothing can trigger a download):
+The computation is the ``lpips`` package's own :class:`lpips.LPIPS` (``net="alex"``, ``version="0.1"``): scaling
+layer, the five post-ReLU AlexNet activations, channel unit-normalisation, squared differences, the calibrated 1x1
+heads, spatial mean, summed. Only where its weights come from differs, so that nothing is ever downloaded:
 
-* trunk: AlexNet's convolutional layers with torchvision's module indices (``features.0`` ... ``features.10``), so
-  torchvision's ImageNet file ``alexnet-owt-7be5be79.pth`` loads directly; it is resolved by
-  :func:`ff_lightning.metrics.weights.resolve_weights` (``"alexnet"``) and never shipped;
-* linear heads: the ``lpips`` package's calibrated v0.1 file ``weights/v0.1/alex.pth`` (pinned hash);
-* forward, for inputs in [-1, 1]: ``(x - shift) / scale`` with the LPIPS v0.1 constants, the five post-ReLU
-  activations, each unit-normalised over channels (``f / (||f||_2 + 1e-10)``), squared differences, the 1x1 head,
-  spatial mean, summed over the five layers.
+* the package is built with ``pnet_rand=True`` (torchvision's AlexNet constructed without weights: no download) and
+  its trunk is then filled from torchvision's ImageNet file ``alexnet-owt-7be5be79.pth``, resolved by
+  :func:`ff_lightning.metrics.weights.resolve_weights` (``"alexnet"``, hash-prefix pinned) and never shipped;
+* the linear heads are the package's v0.1 file ``weights/v0.1/alex.pth``, resolved (and sha256-pinned) the same way
+  and handed to the package as ``model_path``.
 
 Without the backbone file :func:`build_lpips` raises :class:`~ff_lightning.metrics.weights.WeightsUnavailable`.
 Random trunks exist only for tests: pass ``backbone_state_dict`` explicitly or ``allow_random_backbone=True`` (which
@@ -28,77 +28,46 @@ from torch import nn
 from ff_lightning.metrics.frames import Reduction, as_videos, reduce_frames
 from ff_lightning.metrics.weights import WeightsInfo, resolve_weights
 
-__all__ = ["LPIPS", "AlexNetTrunk", "build_lpips", "lpips"]
+__all__ = ["LPIPS", "TRUNK_KEYS", "build_lpips", "lpips"]
 
-_SHIFT = (-0.030, -0.088, -0.188)
-_SCALE = (0.458, 0.448, 0.450)
-_CHANNELS = (64, 192, 384, 256, 256)
-_EPS = 1e-10
-
-
-class AlexNetTrunk(nn.Module):
-    """AlexNet convolutional layers (torchvision indices 0-11) returning the 5 post-ReLU maps LPIPS compares."""
-
-    TAPS = (1, 4, 7, 9, 11)
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.features = nn.Sequential(
-            nn.Conv2d(3, 64, kernel_size=11, stride=4, padding=2),
-            nn.ReLU(),
-            nn.MaxPool2d(kernel_size=3, stride=2),
-            nn.Conv2d(64, 192, kernel_size=5, padding=2),
-            nn.ReLU(),
-            nn.MaxPool2d(kernel_size=3, stride=2),
-            nn.Conv2d(192, 384, kernel_size=3, padding=1),
-            nn.ReLU(),
-            nn.Conv2d(384, 256, kernel_size=3, padding=1),
-            nn.ReLU(),
-            nn.Conv2d(256, 256, kernel_size=3, padding=1),
-            nn.ReLU(),
-        )
-
-    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """``(N, 3, H, W)`` -> five maps ``(N, C_k, H_k, W_k)`` with ``C = 64, 192, 384, 256, 256``."""
-        taps = []
-        for i, layer in enumerate(self.features):
-            x = layer(x)
-            if i in self.TAPS:
-                taps.append(x)
-        return taps
+#: torchvision AlexNet ``features`` indices of the convolutions, and the ``lpips`` package slice holding each
+_SLICE_OF = {0: 1, 3: 2, 6: 3, 8: 4, 10: 5}
+#: the trunk keys a backbone state dict must provide (torchvision names)
+TRUNK_KEYS = tuple(f"features.{i}.{kind}" for i in _SLICE_OF for kind in ("weight", "bias"))
 
 
 class LPIPS(nn.Module):
-    """LPIPS distance between image batches in [-1, 1]; see the module docstring. Frozen, eval mode."""
+    """LPIPS distance between image batches ``(N, 3, H, W)`` in [-1, 1] -> ``(N,)``; frozen, eval mode.
 
-    def __init__(self) -> None:
+    Wraps :class:`lpips.LPIPS` (``self.net``) built from the v0.1 head file ``heads_path`` with an unloaded trunk
+    (see the module docstring); :meth:`load_backbone` fills the trunk.
+    """
+
+    def __init__(self, heads_path: str | os.PathLike[str]) -> None:
         super().__init__()
-        self.trunk = AlexNetTrunk()
-        self.heads = nn.ModuleList(nn.Conv2d(c, 1, kernel_size=1, bias=False) for c in _CHANNELS)
-        self.register_buffer("shift", torch.tensor(_SHIFT).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("scale", torch.tensor(_SCALE).view(1, 3, 1, 1), persistent=False)
+        import lpips as lpips_pkg
+
+        with warnings.catch_warnings():  # torchvision's "pretrained is deprecated" notes from inside the package
+            warnings.simplefilter("ignore")
+            self.net = lpips_pkg.LPIPS(
+                net="alex", version="0.1", pretrained=True, pnet_rand=True, model_path=str(heads_path), verbose=False
+            )
         self.weights_info: list[dict[str, Any]] = []
 
     def load_backbone(self, state_dict: Mapping[str, torch.Tensor]) -> None:
-        """Load torchvision-AlexNet keys ``features.{i}.weight|bias`` (``classifier.*`` is ignored)."""
-        sd = {k: v for k, v in state_dict.items() if k.startswith("features.")}
-        self.trunk.load_state_dict(sd, strict=True)
-
-    def load_heads(self, state_dict: Mapping[str, torch.Tensor]) -> None:
-        """Load the ``lpips`` package's head keys ``lin{k}.model.1.weight`` (``(1, C_k, 1, 1)``)."""
-        sd = {f"{k}.weight": state_dict[f"lin{k}.model.1.weight"] for k in range(len(_CHANNELS))}
-        self.heads.load_state_dict(sd, strict=True)
+        """Load torchvision-AlexNet keys ``features.{i}.weight|bias`` (``classifier.*`` is ignored) into the trunk."""
+        missing = [k for k in TRUNK_KEYS if k not in state_dict]
+        if missing:
+            raise KeyError(f"AlexNet state dict lacks {missing}; expected torchvision's features.* keys")
+        sd = {}
+        for key in TRUNK_KEYS:
+            _, idx, kind = key.split(".")
+            sd[f"slice{_SLICE_OF[int(idx)]}.{idx}.{kind}"] = state_dict[key]
+        self.net.net.load_state_dict(sd, strict=True)
 
     def forward(self, x0: torch.Tensor, x1: torch.Tensor) -> torch.Tensor:
         """Distances ``(N,)`` between ``x0`` and ``x1`` ``(N, 3, H, W)`` in [-1, 1] (H, W >= 32)."""
-        f0 = self.trunk((x0 - self.shift) / self.scale)
-        f1 = self.trunk((x1 - self.shift) / self.scale)
-        total = x0.new_zeros(x0.shape[0])
-        for a, b, head in zip(f0, f1, self.heads, strict=True):
-            a = a / (a.square().sum(dim=1, keepdim=True).sqrt() + _EPS)
-            b = b / (b.square().sum(dim=1, keepdim=True).sqrt() + _EPS)
-            total = total + head((a - b).square()).mean(dim=(1, 2, 3))
-        return total
+        return self.net(x0, x1, normalize=False).flatten()
 
 
 def _load_torch_file(info: WeightsInfo) -> dict[str, torch.Tensor]:
@@ -128,9 +97,8 @@ def build_lpips(
     """
     if net != "alex" or version != "0.1":
         raise ValueError(f"only LPIPS net='alex' version='0.1' is implemented, got net={net!r} version={version!r}")
-    model = LPIPS()
     heads = resolve_weights("lpips_alex_v0.1", heads_path)
-    model.load_heads(_load_torch_file(heads))
+    model = LPIPS(heads.path)
     model.weights_info.append(heads.as_dict())
     if backbone_state_dict is not None:
         model.load_backbone(backbone_state_dict)
