@@ -142,6 +142,9 @@ def test_import_kv10_reproduces_the_interop_loaders(tmp_path: Path) -> None:
 
     src, out = tmp_path / "kv10", tmp_path / "out"
     flat = write_release(src, "kv1.0")
+    interp = torch.load(src / "weights" / "kandinsky_video_interpolation.pt")
+    interp["null_embedding"] = interp["null_embedding"][None]  # stored as (1, C): accepted as (C,)
+    torch.save(interp, src / "weights" / "kandinsky_video_interpolation.pt")
     assert detect_format(src) == "kv1.0"
     manifest = import_release(src, out, spec=TINY)
     assert set(manifest["stages"]) == {"keyframes", "interpolation"}

@@ -296,6 +296,11 @@ def import_release(
                               f"{src / 'weights'}); see docs/reproduce.md for where to download them")  # fmt: skip
     layout = release_layout(fmt, spec)
     files = {r: _read(r, p) for r, p in paths.items() if p is not None}
+    for role, tensors in files.items():  # the null embedding's stored shape is not documented: (C,) or (1, C) both fit
+        null, want = tensors.get("null_embedding"), layout[role].get("null_embedding")
+        if null is not None and want is not None and null.ndim > 1 and tuple(null.shape[-1:]) == want and \
+                null.numel() == want[0]:  # fmt: skip
+            tensors["null_embedding"] = null.reshape(-1)
     problems = [_check(r, paths[r], files[r], layout[r]) for r in files]  # type: ignore[arg-type]
     problems = [p for p in problems if p]
     if problems:
