@@ -206,12 +206,13 @@ def frame_by_frame(decoder: Decoder) -> Iterator[None]:
         else:
             continue
         patched.append(module)
-    fast_conv = layers._frame_conv
+    fast_conv, pieces = layers._frame_conv, layers.PIECE_ELEMENTS
     layers._frame_conv = layers._frame_conv_reference
+    layers.PIECE_ELEMENTS = 2**62  # whole-batch calls of the per-frame loops (no pieces), as released
     try:
         yield
     finally:
-        layers._frame_conv = fast_conv
+        layers._frame_conv, layers.PIECE_ELEMENTS = fast_conv, pieces
         for module in patched:
             del module.forward  # back to the class's forward
 

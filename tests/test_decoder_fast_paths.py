@@ -91,3 +91,21 @@ def test_decoder_matches_frame_by_frame_reference(variant: str) -> None:
     torch.testing.assert_close(fast, ref, atol=1e-5, rtol=1e-5)
     with torch.no_grad():  # the patches are undone: a plain decode again
         assert torch.equal(model.decode(lat, num_frames=5), fast)
+
+
+@pytest.mark.parametrize("variant", ["image", "conv3x1x1_attn", "2d_to_3d"])
+def test_decoder_in_pieces_matches_whole_batch(monkeypatch: pytest.MonkeyPatch, variant: str) -> None:
+    from conftest import load_benchmark
+
+    from ff_lightning.models import layers
+
+    bench = load_benchmark("decoder_speed")
+    model = bench.make_model("tiny", variant, seed=0, device="cpu")
+    lat = bench.make_latents(model, 32, 5, seed=1, device="cpu")
+    with torch.no_grad():
+        whole = model.decode(lat, num_frames=5)  # tiny frames: every per-frame op in one piece
+        monkeypatch.setattr(layers, "PIECE_ELEMENTS", 1)  # one frame per piece
+        pieces = model.decode(lat, num_frames=5)
+    torch.testing.assert_close(pieces, whole, atol=1e-5, rtol=1e-5)
+    out = layers.in_pieces(lambda a, b: a * 2 + b, torch.ones(3, 2), torch.arange(3.0)[:, None].expand(3, 2))
+    assert torch.equal(out, torch.tensor([[2.0, 2.0], [3.0, 3.0], [4.0, 4.0]]))

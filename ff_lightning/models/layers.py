@@ -10,6 +10,8 @@ Norms: the encoder uses a plain GroupNorm; every decoder norm is a :class:`Spati
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from einops import rearrange
@@ -51,6 +53,31 @@ def _inplace_ok(*tensors: torch.Tensor) -> bool:
 def silu_fresh(h: torch.Tensor) -> torch.Tensor:
     """SiLU of a tensor nobody else holds (a fresh op output): in place when no graph is recorded."""
     return F.silu(h, inplace=_inplace_ok(h))
+
+
+#: rows of a per-frame op run together without autograd: this many elements of its input (2 MiB of float32)
+PIECE_ELEMENTS = 1 << 19
+
+
+def in_pieces(fn: Callable[..., torch.Tensor], x: torch.Tensor, *rows: torch.Tensor | None) -> torch.Tensor:
+    """``fn(x, *rows)`` for an ``fn`` that treats every row (frame) on its own, run on pieces of rows of about
+    :data:`PIECE_ELEMENTS` input elements when no gradient is recorded, the results written into one output: the
+    op's temporaries exist for one piece at a time. ``rows``: tensors with ``x``'s rows (or None), sliced alike."""
+    n = x.shape[0]
+    step = max(1, PIECE_ELEMENTS // max(1, x[0].numel())) if n else n
+    if torch.is_grad_enabled() or step >= n:
+        return fn(x, *rows)
+
+    def piece(i: int) -> torch.Tensor:
+        return fn(x[i : i + step], *(r if r is None else r[i : i + step] for r in rows))
+
+    first = piece(0)
+    out = first.new_empty(n, *first.shape[1:])
+    out[:step] = first
+    del first
+    for i in range(step, n, step):
+        out[i : i + step] = piece(i)
+    return out
 
 
 class SpatialNorm(nn.Module):
@@ -254,11 +281,21 @@ class ResnetBlock(nn.Module):
             return h.mul_(1 - a).add_(t.mul_(a))
         return merge(h, t)
 
+    def _norm_conv(self, index: int, x: torch.Tensor, zq: torch.Tensor | None, num_frames: int) -> torch.Tensor:
+        norm, conv = getattr(self, f"norm{index}"), getattr(self, f"conv{index}")
+        drop = self.dropout if index == 2 else nn.Identity()
+
+        def act(xp: torch.Tensor, zp: torch.Tensor | None) -> torch.Tensor:
+            return drop(silu_fresh(norm(xp, zp)))
+
+        if isinstance(conv, nn.Conv3d):
+            return _frame_conv(conv, act(x, zq), num_frames)
+        return in_pieces(lambda xp, zp: conv(act(xp, zp)), x, zq)  # per frame: pieces without autograd
+
     def forward(self, x: torch.Tensor, zq: torch.Tensor | None = None, num_frames: int = 1) -> torch.Tensor:
-        h = _frame_conv(self.conv1, silu_fresh(self.norm1(x, zq)), num_frames)
+        h = self._norm_conv(1, x, zq, num_frames)
         h = self._temporal(h, 1, num_frames)
-        h = self.dropout(silu_fresh(self.norm2(h, zq)))
-        h = _frame_conv(self.conv2, h, num_frames)
+        h = self._norm_conv(2, h, zq, num_frames)
         h = self._temporal(h, 2, num_frames)
         if self.in_channels != self.out_channels:
             x = self.nin_shortcut(x)
@@ -287,6 +324,9 @@ class AttnBlock(_QKVAttention):
         super().__init__(channels, zq_channels, num_groups)
 
     def forward(self, x: torch.Tensor, zq: torch.Tensor | None = None) -> torch.Tensor:
+        return in_pieces(self._attend, x, zq)  # frames are independent: pieces without autograd
+
+    def _attend(self, x: torch.Tensor, zq: torch.Tensor | None) -> torch.Tensor:
         h = self.norm(x, zq)
         hh, ww = x.shape[-2:]
         # one sequence of h*w tokens with c features per frame
@@ -371,9 +411,12 @@ class Upsample(nn.Module):
         return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        n, _, h, w = x.shape
-        if h * w < 64:  # tiny maps: four small convs cost more than they save
+        if x.shape[-2] * x.shape[-1] < 64:  # tiny maps: four small convs cost more than they save
             return self.forward_reference(x)
+        return in_pieces(self._subpixel, x)  # frames are independent: pieces without autograd
+
+    def _subpixel(self, x: torch.Tensor) -> torch.Tensor:
+        n, _, h, w = x.shape
         taps = _PHASE_TAPS.to(device=x.device, dtype=self.conv.weight.dtype)
         # (a, b, out, in, 2, 2): the phase kernels, rows combined with taps[a], columns with taps[b]
         kernels = torch.einsum("ary,oiyx,bcx->aboirc", taps, self.conv.weight, taps)

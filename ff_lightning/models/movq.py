@@ -31,6 +31,8 @@ from ff_lightning.models.layers import (
     TemporalAttnBlock,
     TemporalResnetBlock,
     Upsample,
+    in_pieces,
+    silu_fresh,
 )
 from ff_lightning.registry import register_component, register_variant
 
@@ -266,7 +268,7 @@ class Decoder(nn.Module):
                         h = stage.temporal_attn[i](h, t)
             if hasattr(stage, "upsample"):
                 h = stage.upsample(h)
-        return self.conv_out(F.silu(self.norm_out(h, zq)))
+        return in_pieces(lambda x, z: self.conv_out(silu_fresh(self.norm_out(x, z))), h, zq)
 
 
 class VectorQuantizer(nn.Module):
