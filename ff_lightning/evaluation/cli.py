@@ -30,14 +30,17 @@ examples:
   ff eval ucf101 --generator test_noise --num-samples 202 --data-root ~/data/UCF-101 \\
                  --c3d ~/weights/conv3d_deepnetA_ucf.npz --i3d ~/weights/i3d_torchscript.pt
   ff eval msrvtt --keyframes runs/keyframes/last.ckpt --clip ~/weights/ViT-B-32.pt --data-root ~/data/MSRVTT
-  ff eval ucf101 --keyframes runs/temporal/blocks/version_0/checkpoints/last.ckpt --sample-steps 20 \
+  ff eval ucf101 --keyframes runs/temporal/blocks/version_0/checkpoints/last.ckpt --sample-steps 20 \\
                  --c3d ~/weights/conv3d_deepnetA_ucf.npz --i3d ~/weights/i3d_torchscript.pt --data-root ~/data/UCF-101
   ff eval compare benchmarks/results/eval/bundled_offline_v1/test_noise.json \\
                   benchmarks/results/eval/bundled_offline_v1/test_shapes.json
   ff eval table benchmarks/results/eval/ucf101_zeroshot_v1/*.json benchmarks/results/eval/msrvtt_clipsim_v1/*.json
+
 protocols: experiments/eval/*.yaml (versioned; --set KEY=VALUE overrides are recorded and make a run
 not comparable to the paper). Weights: explicit path > $FF_WEIGHTS_DIR > $FF_CACHE_DIR/weights > error; never
-downloaded. Results: benchmarks/results/eval/<protocol>/<run-name>.json (or --out DIR/<run-name>.json); samples:
+downloaded. TorchScript files (i3d_torchscript.pt, a TorchScript C3D or CLIP) run code when loaded: they are
+refused until their sha256 is pinned, FF_WEIGHTS_PINS=i3d_torchscript=<sha256>,... (the refusal prints the hash).
+Results: benchmarks/results/eval/<protocol>/<run-name>.json (or --out DIR/<run-name>.json); samples:
 $FF_CACHE_DIR/eval/samples/<protocol>/<run-name>/ (or --out DIR/samples), reused when a run is resumed.
 --keyframes CKPT: a checkpoint of the keyframes system (weights-only load), any preset; videos at the model's own
 resolution and frame count (fewer frames than the protocol reads: repeated, result marked not comparable); the
