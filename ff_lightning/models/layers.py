@@ -17,7 +17,15 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from ff_lightning.models.temporal import AlphaMerge, flatten_merge_keys, fold_frames, unfold_frames, zero_module
+from ff_lightning.models.temporal import (
+    AlphaMerge,
+    conv3d_as_taps,
+    conv3d_frames,
+    flatten_merge_keys,
+    fold_frames,
+    unfold_frames,
+    zero_module,
+)
 
 __all__ = [
     "GroupNorm",
@@ -30,6 +38,8 @@ __all__ = [
     "Upsample",
     "Downsample",
     "inflate_conv_weight",
+    "conv3d_as_taps",
+    "in_pieces",
 ]
 
 EPS = 1e-6
@@ -156,59 +166,10 @@ def _conv3x3(cin: int, cout: int, video: bool) -> nn.Module:
     return conv3d
 
 
-def _taps_apply(conv: nn.Conv3d) -> bool:
-    kt, kh, kw = conv.kernel_size
-    return (
-        kt == 3
-        and conv.padding == (1, kh // 2, kw // 2)
-        and kh % 2 == 1
-        and kw % 2 == 1
-        and conv.stride == (1, 1, 1)
-        and conv.dilation == (1, 1, 1)
-        and conv.groups == 1
-        and conv.padding_mode == "zeros"
-    )
-
-
-def conv3d_as_taps(conv: nn.Conv3d, x: torch.Tensor, num_frames: int) -> torch.Tensor:
-    """A "same" Conv3d with temporal kernel 3 over the frames of each video, as three 2D convs (one per temporal
-    tap) on the folded frames, the neighbour taps added to the shifted output rows. ``x``: ``(b t) c h w``.
-
-    Equal to ``fold_frames(conv(unfold_frames(x, t)))`` up to float summation order (tests: 1e-5), without the two
-    layout copies and without PyTorch's slow CPU vol2col path at small ``n * c * t * h``; the one extra full-size
-    temporary is a tap's output.
-    """
-    if x.shape[0] % num_frames:
-        raise ValueError(f"batch of {x.shape[0]} rows is not a multiple of num_frames={num_frames}")
-    pad = (conv.kernel_size[1] // 2, conv.kernel_size[2] // 2)
-    w = conv.weight
-    out = F.conv2d(x, w[:, :, 1], conv.bias, padding=pad)  # the centre tap: frame t from frame t
-    if num_frames == 1:
-        return out
-    b = x.shape[0] // num_frames
-    video_out = out.view(b, num_frames, *out.shape[1:])
-    inplace = _inplace_ok(out, x, w)
-    for tap, dst, src in ((0, slice(1, None), slice(None, -1)), (2, slice(None, -1), slice(1, None))):
-        if b == 1:  # the source frames are a contiguous run of rows: convolve only those
-            y = F.conv2d(x[src], w[:, :, tap], padding=pad).unsqueeze(0)
-        else:
-            y = F.conv2d(x, w[:, :, tap], padding=pad).view_as(video_out)[:, src]
-        if inplace:
-            video_out[:, dst] += y
-        else:
-            video_out = torch.cat(
-                [video_out[:, :1], video_out[:, 1:] + y] if tap == 0 else [video_out[:, :-1] + y, video_out[:, -1:]],
-                dim=1,
-            )
-    return video_out.reshape(out.shape)
-
-
 def _frame_conv(conv: nn.Module, x: torch.Tensor, num_frames: int) -> torch.Tensor:
     """Apply a Conv2d per frame, or a Conv3d over the frames of each video. ``x``: ``(b t) c h w``."""
     if isinstance(conv, nn.Conv3d):
-        if _taps_apply(conv):
-            return conv3d_as_taps(conv, x, num_frames)
-        return _frame_conv_reference(conv, x, num_frames)
+        return conv3d_frames(conv, x, num_frames)
     return conv(x)
 
 

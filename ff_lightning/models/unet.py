@@ -41,7 +41,7 @@ import torch.utils.checkpoint
 from einops import rearrange
 from torch import nn
 
-from ff_lightning.models.temporal import fold_frames, unfold_frames
+from ff_lightning.models.temporal import conv3d_frames
 from ff_lightning.registry import register_component, register_variant
 
 __all__ = [
@@ -279,8 +279,8 @@ class Block(nn.Module):
             x = self.up_sample(x)
         x = self.projection(x)
         if self.temporal_projection is not None:
-            # (b t) c h w -> b c t h w for the Conv3d over the temporal axis, then back
-            temporal = fold_frames(self.temporal_projection(unfold_frames(x, cond.require_num_frames())))
+            # the Conv3d over the temporal axis of each video, on the folded layout
+            temporal = conv3d_frames(self.temporal_projection, x, cond.require_num_frames())
             x = self.temporal_merge(x, temporal)
         if self.down_sample is not None:
             x = self.down_sample(x)

@@ -37,7 +37,12 @@ import torch
 from einops import rearrange, repeat
 from torch import nn
 
-from ff_lightning.models.temporal import AlphaMerge, flatten_merge_keys, fold_frames, unfold_frames, zero_module
+from ff_lightning.models.temporal import (
+    AlphaMerge,
+    conv3d_frames,
+    flatten_merge_keys,
+    zero_module,
+)
 from ff_lightning.models.unet import Attention, Block, ConditionalGroupNorm, KandinskyUNet, UNetConditioning
 
 __all__ = [
@@ -100,7 +105,7 @@ class TemporalResNetBlock(nn.Module):
         out = x
         for norm, act, conv in self.temporal_resnet_blocks:
             out = act(norm(out, cond.time_embed))  # per frame: (b t) c h w
-            out = fold_frames(conv(unfold_frames(out, num_frames)))  # Conv3d on b c t h w, folded back
+            out = conv3d_frames(conv, out, num_frames)  # the Conv3d over each video's frames, folded layout
         return x + out
 
 
