@@ -46,6 +46,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
 
 from ff_lightning.io import atomic_open, atomic_write_text
 from ff_lightning.models.keyframes import KEYFRAME_DESIGNS
@@ -90,6 +91,10 @@ CSV_COLUMNS = (
     "ms_per_frame",
     "peak_mem_mib",
     "mem_ratio_vs_image",
+    "gflop_per_step",  # FLOPs of one step (torch.utils.flop_counter: matmuls / convs / attention, fwd + bwd)
+    "gflops",  # gflop_per_step / median step time
+    "matmul_peak_gflops",  # median over rounds of the best of 3 fp32 1024^3 matmuls timed in that round
+    "frac_of_matmul_peak",  # median over rounds of (FLOPs / step time) / matmul peak, both from the same round
 )
 _MIB = 2.0**20
 
@@ -149,6 +154,21 @@ def _sync(device: str) -> None:
 
 
 # -------------------------------------------------------------------------------------------------------- step time
+def matmul_gflops(device: str, n: int = 1024, tries: int = 3) -> float:
+    """This machine's fp32 matmul rate now: the best of ``tries`` ``n x n @ n x n`` products, in GFLOP/s."""
+    gen = torch.Generator().manual_seed(0)
+    a, b = (torch.randn(n, n, generator=gen).to(device) for _ in range(2))
+    a @ b  # noqa: B018 (warm-up)
+    best = math.inf
+    for _ in range(tries):
+        _sync(device)
+        t0 = time.perf_counter()
+        a @ b  # noqa: B018
+        _sync(device)
+        best = min(best, time.perf_counter() - t0)
+    return 2 * n**3 / best / 1e9
+
+
 def measure_times(args: argparse.Namespace) -> dict[tuple[str, int], dict[str, Any]]:
     """Median step time per (model, T) and its ratio to the image UNet's in the same round."""
     models = {v: make_model(args.preset, v, seed=args.seed, device=args.device) for v in args.variants}
@@ -159,13 +179,18 @@ def measure_times(args: argparse.Namespace) -> dict[tuple[str, int], dict[str, A
             v: make_batch(m, args.videos, t, args.latent, args.tokens, seed=args.seed + 1, device=args.device)
             for v, m in models.items()
         }
-        for v in args.variants:  # warm-up: kernels, allocator growth, AdamW state
-            for _ in range(2):
+        flops: dict[str, int] = {}
+        for v in args.variants:  # warm-up: kernels, allocator growth, AdamW state; the second step counts FLOPs
+            train_step(models[v], opts[v], batches[v], t)
+            with FlopCounterMode(display=False) as counter:
                 train_step(models[v], opts[v], batches[v], t)
+            flops[v] = counter.get_total_flops()
         _sync(args.device)
         times: dict[str, list[float]] = {v: [] for v in args.variants}
         cpu: dict[str, list[float]] = {v: [] for v in args.variants}
+        peaks: list[float] = []
         for _ in range(args.repeats):
+            peaks.append(matmul_gflops(args.device))
             for v in args.variants:
                 _sync(args.device)
                 t0, c0 = time.perf_counter(), time.process_time()
@@ -181,6 +206,12 @@ def measure_times(args: argparse.Namespace) -> dict[tuple[str, int], dict[str, A
                 time_max_s=max(times[v]),
                 time_ratio_vs_image=statistics.median(a / b for a, b in zip(times[v], times[IMAGE], strict=True)),
                 ms_per_frame=1000 * med / (args.videos * t),
+                gflop_per_step=flops[v] / 1e9,
+                gflops=flops[v] / 1e9 / med,
+                matmul_peak_gflops=statistics.median(peaks),
+                frac_of_matmul_peak=statistics.median(
+                    flops[v] / 1e9 / tv / p for tv, p in zip(times[v], peaks, strict=True)
+                ),
             )
             if args.device == "cpu":
                 row["cpu_time_median_s"] = statistics.median(cpu[v])
@@ -283,17 +314,23 @@ def write_markdown(path: Path, args: argparse.Namespace, rows: list[dict[str, An
         + ("; *x image (CPU)*: the same from process CPU time (less sensitive to other load)." if on_cpu else ".")
         + f" Peak memory = {mem_what}.",
         "",
+        "*GFLOP/step*: FLOPs of one step counted by torch.utils.flop_counter (matmuls, convolutions, attention; "
+        "forward and backward); *GFLOP/s* = that / median step time; *% of matmul peak* = median over rounds of "
+        "(GFLOP/step / step time) / (the best of 3 fp32 1024x1024 matmuls timed in the same round)"
+        + (f", whose median was {var_rows[0]['matmul_peak_gflops']:.1f} GFLOP/s." if var_rows else "."),
+        "",
         "| variant | params total | trainable | trainable % | step ms | x image | "
         + ("x image (CPU) | " if on_cpu else "")
-        + "peak MiB | mem x image |",
-        "|---|---:|---:|---:|---:|---:|" + ("---:|" if on_cpu else "") + "---:|---:|",
+        + "peak MiB | mem x image | GFLOP/step | GFLOP/s | % of matmul peak |",
+        "|---|---:|---:|---:|---:|---:|" + ("---:|" if on_cpu else "") + "---:|---:|---:|---:|---:|",
     ]
     for r in var_rows:
         lines.append(
             f"| {r['variant']} | {r['params_total']:,} | {r['params_trainable']:,} | {100 * r['trainable_frac']:.1f} | "
             f"{1000 * r['time_median_s']:.1f} | {r['time_ratio_vs_image']:.2f} | "
             + (f"{r['cpu_ratio_vs_image']:.2f} | " if on_cpu else "")
-            + f"{r['peak_mem_mib']:.1f} | {r['mem_ratio_vs_image']:.2f} |"
+            + f"{r['peak_mem_mib']:.1f} | {r['mem_ratio_vs_image']:.2f} | {r['gflop_per_step']:.2f} | "
+            f"{r['gflops']:.1f} | {100 * r['frac_of_matmul_peak']:.0f} |"
         )
     ts = args.frames
     lines += [
