@@ -35,6 +35,7 @@ import numpy as np
 
 from ff_lightning.io import atomic_write_json
 from ff_lightning.metrics.bootstrap import bootstrap_ci
+from ff_lightning.paths import portable_text
 
 __all__ = [
     "RESULT_SCHEMA",
@@ -112,7 +113,8 @@ def package_info() -> dict[str, Any]:
 
 
 def _clean(obj: Any) -> Any:
-    """JSON-safe copy: NaN/inf floats -> None, numpy scalars -> Python, paths -> str."""
+    """JSON-safe copy: NaN/inf floats -> None, numpy scalars -> Python, paths -> str; machine folders in strings made
+    portable (:func:`ff_lightning.paths.portable_text`: results are committed, files are identified by sha256)."""
     if isinstance(obj, dict):
         return {str(k): _clean(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
@@ -122,8 +124,8 @@ def _clean(obj: Any) -> Any:
         return f if math.isfinite(f) else None
     if isinstance(obj, np.integer):
         return int(obj)
-    if isinstance(obj, Path):
-        return str(obj)
+    if isinstance(obj, (Path, str)):
+        return portable_text(str(obj))
     return obj
 
 
