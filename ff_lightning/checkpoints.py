@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ff_lightning.io import atomic_open, atomic_write_json, atomic_write_text
+from ff_lightning.io import atomic_write_json, atomic_write_text
 
 if TYPE_CHECKING:  # torch is imported inside the functions: `ff --help` must not pay for it
     import torch
@@ -130,7 +130,7 @@ def flatten_tensors(obj: Mapping[Any, Any], prefix: str = "") -> dict[str, torch
     return out
 
 
-def read_state_dict(path: str | os.PathLike[str], hint: str = "") -> dict[str, torch.Tensor]:
+def read_state_dict(path: str | os.PathLike[str], hint: str = "", mmap: bool = False) -> dict[str, torch.Tensor]:
     """The top-level tensors of a checkpoint file on CPU, a nested ``state_dict`` (Lightning) unwrapped first.
 
     Raises ``FileNotFoundError`` (with ``hint``), :class:`UnsafeCheckpointError` and :class:`CheckpointError` for
@@ -138,7 +138,7 @@ def read_state_dict(path: str | os.PathLike[str], hint: str = "") -> dict[str, t
     """
     import torch
 
-    obj = load_checkpoint(path, hint=hint)
+    obj = load_checkpoint(path, hint=hint, mmap=mmap)
     while isinstance(obj, Mapping) and isinstance(obj.get("state_dict"), Mapping):
         obj = obj["state_dict"]
     if not isinstance(obj, Mapping):
@@ -149,10 +149,11 @@ def read_state_dict(path: str | os.PathLike[str], hint: str = "") -> dict[str, t
     return tensors
 
 
-def read_tensors(path: str | os.PathLike[str], hint: str = "") -> dict[str, torch.Tensor]:
+def read_tensors(path: str | os.PathLike[str], hint: str = "", mmap: bool = False) -> dict[str, torch.Tensor]:
     """All tensors of a checkpoint file on CPU, nested dicts flattened to dotted keys (the released Kandinsky files
-    ``{"unet": {...}, "null_embedding": t, "projections": {...}}`` become ``unet.*``, ``null_embedding``, ...)."""
-    obj = load_checkpoint(path, hint=hint)
+    ``{"unet": {...}, "null_embedding": t, "projections": {...}}`` become ``unet.*``, ``null_embedding``, ...).
+    ``mmap``: memory-map the file where its format allows (multi-GB files are then paged in, not copied)."""
+    obj = load_checkpoint(path, hint=hint, mmap=mmap)
     tensors = flatten_tensors(obj) if isinstance(obj, Mapping) else {}
     if not tensors:
         raise CheckpointError(f"{path} holds no tensors (a {type(obj).__name__})")
@@ -320,13 +321,39 @@ def read_stage_source(path: str | os.PathLike[str], use_ema: bool = True) -> Sta
 
 
 def save_safetensors(tensors: Mapping[str, torch.Tensor], path: str | os.PathLike[str]) -> Path:
-    """Write ``{name: tensor}`` as a safetensors file, atomically (tensors are copied: shared storage is allowed)."""
-    from safetensors.torch import save
+    """Write ``{name: tensor}`` as a safetensors file, atomically (a temporary sibling renamed over ``path``).
 
-    data = save({k: v.detach().cpu().clone().contiguous() for k, v in tensors.items()})
-    with atomic_open(path, "wb") as f:
-        f.write(data)
-    return Path(path)
+    Written straight to disk (no in-memory copy of the whole file: paper-size UNets are ~16 GB); only tensors that
+    share storage with another one (which safetensors refuses) or are not contiguous are copied.
+    """
+    from safetensors.torch import save_file
+
+    seen: set[int] = set()
+    out = {}
+    for name, value in tensors.items():
+        t = value.detach().cpu()
+        ptr = t.untyped_storage().data_ptr() if t.numel() else -1
+        if ptr in seen or not t.is_contiguous():
+            t = t.clone().contiguous()
+        elif ptr != -1:
+            seen.add(ptr)
+        out[name] = t
+    import tempfile
+
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        save_file(out, tmp)
+        mask = os.umask(0)
+        os.umask(mask)
+        os.chmod(tmp, 0o666 & ~mask)  # mkstemp creates 0600; results are meant to be shared like any file
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return target
 
 
 def _strip(state: Mapping[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:

@@ -23,8 +23,9 @@ Key maps (everything else keeps its name): the projection ``Sequential(Linear, L
 (:func:`~ff_lightning.interop.movq.release_key_map`). The Kandinsky MoVQ files hold no ``quantize.*`` codebook
 (Kandinsky decodes un-quantized latents): it is left out of the import and never used by the imported stages.
 
-Output (``OUT``), one ``ff export`` folder (``config.yaml`` + ``module.safetensors`` + ``export.json`` + the model
-alone) per stage: ``t2i/`` (k3.1), ``keyframes/`` + ``interpolation/`` (kv1.0, kv1.1), ``decoder/`` (kv1.1), plus
+Output (``OUT``), one ``ff export`` folder per stage (``config.yaml`` + ``module.safetensors`` + ``export.json``; the
+model-alone file of ``ff export`` is left out: the released file is that, and a paper-size copy costs ~16 GB):
+``t2i/`` (k3.1), ``keyframes/`` + ``interpolation/`` (kv1.0, kv1.1), ``decoder/`` (kv1.1), plus
 ``movq.safetensors`` (the image MoVQ, our key layout) and ``OUT/export.json`` (format, every source file with its
 sha256, the text-encoder folder, the stages). The diffusion stages' ``module.safetensors`` carry their frozen MoVQ
 (``movq.*``), so a folder is self-contained. KV 1.1's UNets have parts our UNets do not implement (``image_in_layer``,
@@ -170,9 +171,9 @@ def detect_format(src: str | Path) -> str:
 
 def _read(role: str, path: Path) -> dict[str, torch.Tensor]:
     if role == "movq" and path.suffix == ".ckpt":  # MoVQGAN: {"state_dict": ...} with training-only entries
-        state = read_state_dict(path)
+        state = read_state_dict(path, mmap=True)
         return {k: v for k, v in state.items() if not k.startswith(IGNORED_PREFIXES)}
-    return read_tensors(path)
+    return read_tensors(path, mmap=True)  # paper-size UNet files are ~16 GB: paged in, not copied
 
 
 def _listing(title: str, items: Sequence[str]) -> str:
@@ -243,18 +244,13 @@ def _write_stage(
     folder.mkdir(parents=True, exist_ok=True)
     atomic_write_text(folder / "config.yaml", config_yaml)
     save_safetensors(state, folder / "module.safetensors")
-    alone_prefix, alone_name = ("movq.decoder.", "decoder.safetensors") if name == "decoder" else (
-        "unet.", "unet.safetensors")  # fmt: skip
-    save_safetensors({k[len(alone_prefix):]: v for k, v in state.items() if k.startswith(alone_prefix)},
-                     folder / alone_name)  # fmt: skip
     manifest = {
         "system": name,
         "imported_from": {"format": fmt, "files": sources},
         "preset": spec.preset,
         "files": {"config.yaml": "run config of the stage (every weight comes from module.safetensors)",
                   "module.safetensors": f"the {name} system's state dict ({len(state)} tensors, frozen MoVQ "
-                                        "included; quantize.* absent: never used)",
-                  alone_name: "the model alone, released key layout"},
+                                        "included; quantize.* absent: never used)"},
     }  # fmt: skip
     if name == "decoder":  # the released decoder conditions its attention norms on each video's first frame
         manifest["release_forward"] = {"attn_zq_first_frame": True}
