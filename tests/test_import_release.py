@@ -244,3 +244,29 @@ def test_checkpoints_module_imports_no_torch() -> None:
     code = "import sys, ff_lightning.checkpoints, ff_lightning.import_cli; print('torch' in sys.modules)"
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert run.stdout.strip() == "False"
+
+
+def test_import_k31_and_movqgan_reproduce_the_interop_loaders(tmp_path: Path) -> None:
+    from ff_lightning.interop.movq import load_movqgan
+    from ff_lightning.interop.unet import load_t2i_unet
+
+    write_release(tmp_path / "k31", "k3.1")
+    import_release(tmp_path / "k31", tmp_path / "k31_out", spec=TINY)
+    t2i = read_t2i_checkpoint(tmp_path / "k31_out" / "t2i" / "module.safetensors")
+    ours = build("t2i_unet", "kandinsky3", "tiny").eval()
+    ours.load_state_dict(t2i.unet)
+    ref = load_t2i_unet(tmp_path / "k31" / "weights" / "kandinsky3.pt", preset="tiny").eval()
+    g = torch.Generator().manual_seed(5)
+    x, ctx = torch.randn(2, 4, 8, 8, generator=g), torch.randn(2, 3, 32, generator=g)
+    mask, t = torch.ones(2, 3, dtype=torch.bool), torch.tensor([10.0, 900.0])
+    with torch.no_grad():
+        assert torch.equal(ours(x, t, ctx, mask), ref(x, t, ctx, mask))
+    write_release(tmp_path / "mg", "movqgan")
+    assert detect_format(tmp_path / "mg") == "movqgan"
+    manifest = import_release(tmp_path / "mg", tmp_path / "mg_out", spec=TINY)
+    assert manifest["stages"] == {}
+    movq = load_weights(build("movq", "movqgan", "tiny"), tmp_path / "mg_out" / "movq.safetensors").eval()
+    ref_movq = load_movqgan(tmp_path / "mg" / "weights" / "movqgan_270M.ckpt", preset="tiny").eval()
+    frames = torch.rand(2, 3, 16, 16, generator=g) * 2 - 1
+    with torch.no_grad():
+        assert torch.equal(movq(frames).sample, ref_movq(frames).sample)  # the codebook included
