@@ -122,3 +122,13 @@ def test_ff_eval_ucf101_pipeline_end_to_end(imported: Path, tmp_path: Path) -> N
     assert gen["stages"]["keyframes"]["sha256"] == sha256_file(imported / "keyframes" / "module.safetensors")
     assert gen["frames"]["protocol"] == 16 and gen["frames"]["generated"] == 13
     assert record["samples"]["generated"] == 8 and not record["comparable_to_paper"]
+
+
+def test_an_exported_keyframes_stage_alone_is_a_benchmark_generator(imported: Path) -> None:
+    from ff_lightning.evaluation.generators import GeneratorUnavailable, from_checkpoint
+
+    gen = from_checkpoint(imported / "keyframes", num_frames=8, device="cpu", sample_steps=2)
+    assert gen.identity["frames"]["generated"] == 4 and "4 frames" in gen.identity["not_comparable"]
+    assert set(gen.identity["stages"]) == {"keyframes"} and gen.fn(["a red circle"], 0).shape == (1, 8, 3, 32, 32)
+    with pytest.raises(GeneratorUnavailable, match="no interpolation stage"):
+        from_checkpoint(imported / "keyframes", num_frames=8, device="cpu", passes=1)

@@ -296,19 +296,24 @@ def load_pipeline_generator(
     order and marked not comparable. The identity records every stage's weights (path + sha256), the release files
     an import came from, device and precision.
     """
+    from ff_lightning.checkpoints import is_export_dir
     from ff_lightning.pipeline import GenerateOptions
     from ff_lightning.pipelines import VideoPipeline
 
     p = Path(path).expanduser()
-    if not (p.is_dir() and VideoPipeline.is_pipeline_folder(p)):
+    stage_only = p.is_dir() and is_export_dir(p) and not VideoPipeline.is_pipeline_folder(p)
+    if not (p.is_dir() and (VideoPipeline.is_pipeline_folder(p) or stage_only)):
         raise GeneratorUnavailable(f"{p} is not a pipeline folder (an `ff import` folder whose export.json names a "
-                                   "keyframes stage)")  # fmt: skip
+                                   "keyframes stage) nor an exported keyframes stage (ff export)")  # fmt: skip
     if sampler is not None or movq is not None:
-        raise GeneratorUnavailable(f"{p}: --sampler / --movq apply to keyframe checkpoints, not to pipeline folders")
-    passes = 1 if passes is None else int(passes)
+        raise GeneratorUnavailable(f"{p}: --sampler / --movq apply to keyframe checkpoints, not to folders")
+    passes = (0 if stage_only else 1) if passes is None else int(passes)
     if passes < 0:
         raise GeneratorUnavailable(f"--passes must be >= 0, got {passes}")
-    pipe = VideoPipeline.from_folder(p, device=device, precision=precision, use_interpolation=passes > 0)
+    if stage_only:  # an exported keyframes stage alone: keyframes decoded by its image MoVQ
+        pipe = VideoPipeline.from_paths(p, device=device, precision=precision)
+    else:
+        pipe = VideoPipeline.from_folder(p, device=device, precision=precision, use_interpolation=passes > 0)
     if passes > 0 and pipe.interpolation is None:
         raise GeneratorUnavailable(f"{p} has no interpolation stage: use --passes 0 (keyframes only)")
     options = GenerateOptions(steps=sample_steps, guidance_weight=guidance_weight, passes=passes, progress=False)
