@@ -300,3 +300,16 @@ def test_second_run_waits_for_the_lock_and_reuses_the_row(folders: dict[str, Pat
         row_json.write_text(saved)  # the other run finishes the row, then releases the lock
     worker.join(timeout=60)
     assert result["r"][0]["metrics"] == first["metrics"]
+
+
+def test_tables_name_no_machine_paths(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Cache, working and home folders are written as $FF_CACHE_DIR, . and ~ (the LPIPS reason used to carry them)."""
+    from ff_lightning.ablate_preflight import display_path, scrub_paths
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("FF_CACHE_DIR", str(tmp_path / ".cache"))
+    text = f"put it at {tmp_path}/.cache/weights/a.pth or {Path.home()}/x; run in {tmp_path}/runs and {tmp_path}"
+    assert scrub_paths(text) == "put it at $FF_CACHE_DIR/weights/a.pth or ~/x; run in ./runs and ."
+    assert display_path(tmp_path / ".cache" / "models" / "m.safetensors") == "$FF_CACHE_DIR/models/m.safetensors"
+    assert display_path(tmp_path / "data" / "vimeo") == "./data/vimeo"
+    assert display_path("/srv/a/b/vimeo_septuplet") == ".../b/vimeo_septuplet" and display_path(None) == "-"
