@@ -111,19 +111,20 @@ def test_decoder_in_pieces_matches_whole_batch(monkeypatch: pytest.MonkeyPatch, 
     assert torch.equal(out, torch.tensor([[2.0, 2.0], [3.0, 3.0], [4.0, 4.0]]))
 
 
+@pytest.mark.parametrize("videos", [1, 2])  # one video: the tap convs under autograd; two: Conv3d there
 @pytest.mark.parametrize("kernel", [(1, 1, 1), (3, 1, 1), (3, 3, 3), (1, 3, 3), (2, 1, 1)])
-def test_conv3d_frames_matches_conv3d_with_grad(kernel: tuple[int, int, int]) -> None:
+def test_conv3d_frames_matches_conv3d_with_grad(kernel: tuple[int, int, int], videos: int) -> None:
     # the UNets' temporal convs (keyframe blocks: 1x1x1 and 3x1x1 stages) run through conv3d_frames under autograd
     from ff_lightning.models.temporal import conv3d_frames, fold_frames, unfold_frames
 
     torch.manual_seed(0)
     pad = tuple(k // 2 for k in kernel) if kernel != (2, 1, 1) else (1, 0, 0)
     conv = nn.Conv3d(6, 4, kernel, padding=pad)
-    x = torch.randn(2 * 4, 6, 5, 5, requires_grad=True)
+    x = torch.randn(videos * 4, 6, 5, 5, requires_grad=True)
     ref = fold_frames(conv(unfold_frames(x, 4))) if kernel != (2, 1, 1) else None
     got = conv3d_frames(conv, x, 4)
     if ref is None:  # not a "same" conv: the generic path, same result as calling the Conv3d
-        assert got.shape == (2 * 5, 4, 5, 5)
+        assert got.shape == (videos * 5, 4, 5, 5)
         return
     torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-5)
     g_ref = torch.autograd.grad(ref.square().sum(), [x, *conv.parameters()])

@@ -132,8 +132,8 @@ def conv3d_as_taps(conv: nn.Conv3d, x: torch.Tensor, num_frames: int) -> torch.T
 
 def conv3d_frames(conv: nn.Conv3d, x: torch.Tensor, num_frames: int) -> torch.Tensor:
     """``conv`` (a "same" Conv3d) over the frames of each video of folded ``x`` ``(b t) c h w``, without the
-    ``b c t h w`` layout: temporal kernel 1 is a Conv2d per frame, temporal kernel 3 :func:`conv3d_as_taps`; anything
-    else runs the Conv3d on the unfolded layout. Equal to ``fold_frames(conv(unfold_frames(x, t)))`` up to float
+    ``b c t h w`` layout: temporal kernel 1 is a Conv2d per frame, temporal kernel 3 :func:`conv3d_as_taps` (without
+    autograd or for one video); anything else runs the Conv3d on the unfolded layout. Equal to ``fold_frames(conv(unfold_frames(x, t)))`` up to float
     summation order."""
     kt, kh, kw = conv.kernel_size
     plain = conv.stride == (1, 1, 1) and conv.dilation == (1, 1, 1) and conv.padding_mode == "zeros"
@@ -141,7 +141,9 @@ def conv3d_frames(conv: nn.Conv3d, x: torch.Tensor, num_frames: int) -> torch.Te
         if x.shape[0] % num_frames:
             raise ValueError(f"batch of {x.shape[0]} rows is not a multiple of num_frames={num_frames}")
         return F.conv2d(x, conv.weight[:, :, 0], conv.bias, padding=(kh // 2, kw // 2))
-    if plain and _taps_apply(conv):
+    # the tap convs beat CPU Conv3d without autograd, or for one video (contiguous frame slices); with several
+    # videos under autograd the slicing costs more than it saves (measured fwd + bwd), so Conv3d runs there
+    if plain and _taps_apply(conv) and (x.shape[0] == num_frames or not torch.is_grad_enabled()):
         return conv3d_as_taps(conv, x, num_frames)
     return fold_frames(conv(unfold_frames(x, num_frames)))
 
