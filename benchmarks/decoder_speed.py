@@ -4,6 +4,7 @@ Usage (defaults sized for a 1-3 minute CPU run on 2 cores; ``make bench-decoder`
 
     python benchmarks/decoder_speed.py [--preset tiny|small|paper] [--size H] [--throughput-frames T]
         [--frames T ...] [--variants ...] [--sweep-variants ...] [--chunk-frames N] [--context-frames C]
+        [--chunk-method stream|window] [--ref-variants ...] [--ref-frames T ...] [--chunk-time-frames T]
         [--repeats R] [--device cpu|cuda] [--threads N] [--jobs J] [--seed S] [--out PREFIX]
 
 What it does (see ``benchmarks/README.md`` for how to read the output):
@@ -17,8 +18,12 @@ What it does (see ``benchmarks/README.md`` for how to read the output):
    time(variant)`` measured in the same round; on CPU also the same ratio from process CPU time.
 2. **Peak memory per variant** at ``T = --throughput-frames``, full decode.
 3. **Peak memory versus video length** for ``--sweep-variants`` at every ``T`` in ``--frames``: the full decode
-   versus ``decode_video(..., chunk_frames=--chunk-frames, context_frames=--context-frames)``, plus the max
-   absolute difference between the two outputs.
+   versus ``decode_video(..., chunk_frames=--chunk-frames, context_frames=--context-frames,
+   method=--chunk-method)``, plus the max absolute difference between the two outputs.
+4. **Versus the frame-by-frame reference** (``--ref-variants`` x ``--ref-frames``): the whole decode against
+   :func:`reference_decode` of the same model (the release's calling convention: every 2D op once per frame, the
+   straightforward formulas), timed back to back per round (median ratio), peak memory of both in fresh processes.
+5. **Chunked versus whole decode time** of one ``--chunk-time-frames`` video per ``--sweep-variants``.
 
 Peak memory is the growth *during the decode*, over what is resident right before it (model weights and latents
 excluded; the output tensor and every temporary included):
