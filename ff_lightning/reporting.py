@@ -365,7 +365,10 @@ def _plot(sw: Any, records: list[dict[str, Any]], path: Path) -> Path | None:
         ax.set_title(f"{'paper' if use_paper else 'ours'}: {metric} vs parameters")
         ax.grid(alpha=0.3)
     setups = _distinct_setups(records)
-    fig.suptitle(sw.name + (f"\n{_setup_sentence(setups[0][1], short=True)}" if len(setups) == 1 else ""), fontsize=9)
+    import textwrap
+
+    sub = textwrap.fill(_setup_sentence(setups[0][1], short=True), 150) if len(setups) == 1 else ""
+    fig.suptitle(sw.name + (f"\n{sub}" if sub else ""), fontsize=9)
     fig.tight_layout()
     with atomic_open(path, "wb") as f:
         fig.savefig(f, format="png", dpi=110)
