@@ -72,7 +72,7 @@ data: install ## build the bundled datasets (real footage septuplets, captioned 
 	$(FF) data build
 
 ablate-decoder: install ## Table 3: fine-tune and evaluate every video-decoder row (DATA= TRAIN_DATA= TEST_DATA= PRESET= STEPS= MOVQ_CKPT= ...)
-	$(FF) ablate experiments/ablations/decoder.yaml \
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(FF) ablate experiments/ablations/decoder.yaml \
 		$(if $(DATA),data.train.root=$(DATA) data.train.num_frames=$(or $(TRAIN_FRAMES),all) \
 			data.test.root=$(DATA) data.test.num_frames=$(or $(TEST_FRAMES),all)) \
 		$(if $(TRAIN_DATA),data.train.root=$(TRAIN_DATA)) \
