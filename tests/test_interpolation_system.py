@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import pytest
@@ -94,20 +95,30 @@ def test_config_errors(cache: Path, tmp_path: Path) -> None:
 
 
 def test_starts_from_a_t2i_checkpoint(cache: Path, tmp_path: Path) -> None:
-    """The inherited weights of the interpolation UNet are the t2i UNet's (a bare state dict here)."""
+    """The inherited weights of the interpolation UNet are the t2i UNet's (a bare state dict here). A file without a
+    null embedding is refused (it would stay random and frozen) unless the null embedding trains; one with it gives
+    its null embedding, frozen."""
     from ff_lightning.models.unet import UNET_PRESETS, KandinskyUNet
 
     torch.manual_seed(0)
     image = KandinskyUNet(**UNET_PRESETS["tiny"])
     path = tmp_path / "t2i.pt"
     torch.save(image.state_dict(), path)
-    cfg = load_config(
-        ROOT / "experiments/interpolation/masked.yaml",
-        _overrides(cache, tmp_path, "module.allow_random_t2i=false", f"module.t2i_ckpt={path}"),
-    )
-    module = build_system(cfg)
+
+    def build(t2i: Path, *extra: str) -> Any:
+        overrides = _overrides(cache, tmp_path, "module.allow_random_t2i=false", f"module.t2i_ckpt={t2i}", *extra)
+        return build_system(load_config(ROOT / "experiments/interpolation/masked.yaml", overrides))
+
+    with pytest.raises(ConfigError, match=r"t2i\.pt has no null embedding .*random and frozen.*train_null_embedding=true"):
+        build(path)
+    module = build(path, "module.train_null_embedding=true")
     state = module.unet.state_dict()
     for name in module.unet.inherited_parameter_names:
         assert torch.equal(state[name], image.state_dict()[name])
     assert all(p.requires_grad for p in module.unet.parameters())  # freeze_spatial: false
-    assert not module.null_embedding.embedding.requires_grad
+    assert module.null_embedding.embedding.requires_grad
+    null = torch.randn(module.null_embedding.embedding.shape)
+    with_null = tmp_path / "t2i_null.pt"
+    torch.save({**image.state_dict(), "null_embedding.embedding": null}, with_null)
+    frozen = build(with_null)
+    assert torch.equal(frozen.null_embedding.embedding, null) and not frozen.null_embedding.embedding.requires_grad

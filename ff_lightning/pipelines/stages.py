@@ -6,6 +6,7 @@ EMA weights already laid over): the models come from the registry at the config'
 state dict's entries by prefix (``unet.``, ``text_projection.``, ``null_embedding.``, ``movq.``), strictly.
 
 - :class:`TextConditioner`: frozen text encoder + projection + null embedding -> ``(context, mask)``;
+- :class:`ImageStage`: text-to-image UNet + guided sampling -> image latents ``(B, c, h, w)``;
 - :class:`KeyframeStage`: keyframe UNet + guided sampling -> keyframe latents ``(B, K, c, h, w)``;
 - :class:`InterpolationStage`: interpolation UNet -> ``(B, 4^n (K - 1) + 1, c, h, w)``;
 - :class:`DecoderStage`: a MoVQ (image decoder frame by frame, or a video decoder over all frames) -> frames.
@@ -13,7 +14,11 @@ state dict's entries by prefix (``unet.``, ``text_projection.``, ``null_embeddin
 The sampling calls are the ones the training systems make (:func:`~ff_lightning.diffusion.samplers.sample` with
 :func:`~ff_lightning.diffusion.guidance.guided_denoiser`; :func:`~ff_lightning.models.interpolation_pipeline.interpolate`)
 with the same arguments, so a stage reproduces its system's samples for the same seed (tested bit for bit).
-Latents crossing stages are unscaled MoVQ latents (each stage applies its own ``latent_scale``).
+Latents crossing stages are unscaled MoVQ latents (each stage applies its own ``latent_scale``); the
+``model_*`` methods work in the model's space (times ``latent_scale``), as the training systems do.
+
+The training systems build the same stages over their live modules (:mod:`ff_lightning.pipelines.live`) for their
+TensorBoard samples and ``generate``: the sampling code lives here only.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from ff_lightning.checkpoints import CheckpointError, StageSource
 
 __all__ = [
     "TextConditioner",
+    "ImageStage",
     "KeyframeStage",
     "InterpolationStage",
     "DecoderStage",
@@ -117,6 +123,60 @@ class TextConditioner:
         return self.null.condition(batch, length)
 
 
+def guided_sample(
+    text: TextConditioner, settings: Any, schedule: Any, model_fn: Any, prompts: list[str], shape: tuple[int, ...], *,
+    threshold_group: int = 1, steps: int | None = None, sampler: str | None = None,
+    guidance_weight: float | None = None, seed: int = 0, progress: bool = False,
+) -> torch.Tensor:  # fmt: skip
+    """Text-guided sampling of model-space latents ``shape`` with ``model_fn(x, t, context, mask)``; defaults from
+    ``settings`` (a ``module`` config section: sampler, sample_steps, sample_spacing, guidance_weight, ...)."""
+    from ff_lightning.diffusion.guidance import guided_denoiser
+    from ff_lightning.diffusion.samplers import SamplingSchedule, sample
+
+    m = settings
+    cond = text.condition(prompts)
+    w = m.guidance_weight if guidance_weight is None else guidance_weight
+    uncond = text.uncond(len(prompts), cond[0].shape[1]) if w != 0 else None
+    gen = torch.Generator(device="cpu").manual_seed(int(seed))
+    return sample(
+        guided_denoiser(model_fn, cond, uncond, w), shape,
+        SamplingSchedule.build(m.sample_spacing, steps or m.sample_steps, schedule),
+        method=sampler or m.sampler, prediction=m.prediction, eta=m.ddim_eta, threshold=m.dynamic_threshold,
+        threshold_group=threshold_group, generator=gen, device=text.device,
+        dtype=text.projection.projection.weight.dtype, progress=progress,
+    )  # fmt: skip
+
+
+# --------------------------------------------------------------------------------------------------- images
+@dataclass
+class ImageStage:
+    """Text -> image latents with a text-to-image UNet (a T2I model, or a keyframe UNet's frozen image weights)."""
+
+    unet: nn.Module  # KandinskyUNet: unet(x, t, context, mask)
+    text: TextConditioner
+    settings: Any  # the module section of the config (sampler, steps, guidance, prediction, latent_scale, ...)
+    schedule: Any  # NoiseSchedule of training
+
+    @torch.no_grad()
+    def model_latents(
+        self, prompts: list[str], latent_hw: tuple[int, int], *, steps: int | None = None,
+        sampler: str | None = None, guidance_weight: float | None = None, seed: int = 0, progress: bool = False,
+    ) -> torch.Tensor:  # fmt: skip
+        """Image latents ``(B, c, h, w)`` in the model's space (times ``latent_scale``)."""
+        channels = int(self.unet.config["num_channels"])
+
+        def model_fn(x: torch.Tensor, t: torch.Tensor, c: torch.Tensor, mk: torch.Tensor | None) -> torch.Tensor:
+            return self.unet(x, t, c, mk)
+
+        return guided_sample(self.text, self.settings, self.schedule, model_fn, list(prompts),
+                             (len(prompts), channels, *latent_hw), steps=steps, sampler=sampler,
+                             guidance_weight=guidance_weight, seed=seed, progress=progress)  # fmt: skip
+
+    def sample(self, prompts: list[str], latent_hw: tuple[int, int], **kwargs: Any) -> torch.Tensor:
+        """Unscaled image latents ``(B, c, h, w)``; ``kwargs`` as :meth:`model_latents`."""
+        return self.model_latents(prompts, latent_hw, **kwargs) / self.settings.latent_scale
+
+
 # ----------------------------------------------------------------------------------------------- keyframes
 @dataclass
 class KeyframeStage:
@@ -130,7 +190,7 @@ class KeyframeStage:
     num_frames: int
     position_unit: float
     default_frame_step: float
-    source: StageSource
+    source: StageSource | None = None  # None: built over a live training system
     config: Any = None  # the stage's composed run config (data.size, data.fps, ...)
 
     @property
@@ -147,38 +207,39 @@ class KeyframeStage:
             z = self.movq.encode(torch.zeros(1, 3, int(size[0]), int(size[1]), device=self.device))
         return int(z.shape[-2]), int(z.shape[-1])
 
+    def frame_stride(self, frame_step: float | None = None) -> float:
+        """Frame-position stride of sampling: ``unit * frame_step`` (default the stage's sample frame step)."""
+        return float(frame_step or self.default_frame_step) * self.position_unit
+
     @torch.no_grad()
-    def sample(
+    def model_latents(
         self, prompts: list[str], latent_hw: tuple[int, int], *, steps: int | None = None,
         guidance_weight: float | None = None, seed: int = 0, frame_step: float | None = None,
-        sampler: str | None = None,
+        sampler: str | None = None, progress: bool = False,
     ) -> torch.Tensor:  # fmt: skip
-        """Keyframe latents ``(B, K, c, h, w)`` (unscaled MoVQ latents) for ``prompts``."""
-        from ff_lightning.diffusion.guidance import guided_denoiser
-        from ff_lightning.diffusion.samplers import SamplingSchedule, sample
-
-        m, t = self.settings, self.num_frames
-        stride = float(frame_step or self.default_frame_step) * self.position_unit
+        """Keyframe latents ``(B K, c, h, w)`` in the model's space (times ``latent_scale``; frames folded).
+        Dynamic thresholding takes one quantile per video."""
+        t = self.num_frames
+        stride = self.frame_stride(frame_step)
 
         def model_fn(x: torch.Tensor, time: torch.Tensor, c: torch.Tensor, mk: torch.Tensor | None) -> torch.Tensor:
             return self.unet(x, time, c, mk, num_frames=t, frame_stride=stride)
 
-        cond = self.text.condition(prompts)
-        w = m.guidance_weight if guidance_weight is None else guidance_weight
-        uncond = self.text.uncond(len(prompts), cond[0].shape[1]) if w != 0 else None
-        gen = torch.Generator(device="cpu").manual_seed(int(seed))
         channels = int(self.unet.config["num_channels"])
-        latents = sample(
-            guided_denoiser(model_fn, cond, uncond, w), (len(prompts) * t, channels, *latent_hw),
-            SamplingSchedule.build(m.sample_spacing, steps or m.sample_steps, self.schedule),
-            method=sampler or m.sampler, prediction=m.prediction, eta=m.ddim_eta, threshold=m.dynamic_threshold,
-            threshold_group=t, generator=gen, device=self.device, dtype=self.text.projection.projection.weight.dtype,
-        )  # fmt: skip
-        return rearrange(latents, "(b t) c h w -> b t c h w", t=t) / m.latent_scale
+        return guided_sample(self.text, self.settings, self.schedule, model_fn, list(prompts),
+                             (len(prompts) * t, channels, *latent_hw), threshold_group=t, steps=steps,
+                             sampler=sampler, guidance_weight=guidance_weight, seed=seed, progress=progress)  # fmt: skip
+
+    def sample(self, prompts: list[str], latent_hw: tuple[int, int], **kwargs: Any) -> torch.Tensor:
+        """Keyframe latents ``(B, K, c, h, w)`` (unscaled MoVQ latents) for ``prompts``; ``kwargs`` as
+        :meth:`model_latents`."""
+        latents = self.model_latents(prompts, latent_hw, **kwargs)
+        return rearrange(latents, "(b t) c h w -> b t c h w", t=self.num_frames) / self.settings.latent_scale
 
 
-def build_keyframe_stage(src: StageSource) -> KeyframeStage:
-    """A :class:`KeyframeStage` from a keyframes-system stage (reference-image kinds are not supported here)."""
+def build_keyframe_stage(src: StageSource, *, reference: bool = False) -> KeyframeStage:
+    """A :class:`KeyframeStage` from a keyframes-system stage; ``reference``: a reference_keyframes stage (its ``ref_*``
+    UNet; sample it through :class:`~ff_lightning.pipelines.reference.ReferenceKeyframeStage`)."""
     from ff_lightning import registry
     from ff_lightning.diffusion.schedule import NoiseSchedule
     from ff_lightning.models.keyframes import KEYFRAME_DESIGNS, default_frame_stride
@@ -186,8 +247,9 @@ def build_keyframe_stage(src: StageSource) -> KeyframeStage:
 
     cfg = _compose(src)
     m, mc = cfg.module, cfg.model
-    if cfg.system != "keyframes" or KEYFRAME_DESIGNS[mc.variant].reference:
-        raise CheckpointError(f"{src.path}: a {cfg.system} / {mc.variant} stage, not a plain keyframes stage")
+    want = "reference_keyframes" if reference else "keyframes"
+    if cfg.system != want or KEYFRAME_DESIGNS[mc.variant].reference != reference:
+        raise CheckpointError(f"{src.path}: a {cfg.system} / {mc.variant} stage, not a {want} stage")
     if m.latent_scale is None:
         raise CheckpointError(f"{src.path}: module.latent_scale is unset (never measured)")
     num_frames = int(cfg.data.num_frames)
@@ -218,7 +280,7 @@ class InterpolationStage:
     movq: nn.Module  # its frozen image MoVQ (latent-space check)
     settings: Any
     schedule: Any
-    source: StageSource
+    source: StageSource | None = None  # None: built over a live training system
 
     def to(self, device: torch.device | str) -> InterpolationStage:
         self.unet.to(device)
@@ -226,27 +288,33 @@ class InterpolationStage:
         self.null_embedding = self.null_embedding.to(device)
         return self
 
+    def interpolate(self, latents: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+        """Unscaled keyframe latents ``(B, K, c, h, w)`` -> ``(B, 4^passes (K - 1) + 1, c, h, w)``, unscaled;
+        ``kwargs`` as :meth:`model_interpolate`."""
+        scale = self.settings.latent_scale
+        return self.model_interpolate(latents * scale, **kwargs) / scale
+
     @torch.no_grad()
-    def interpolate(
+    def model_interpolate(
         self, latents: torch.Tensor, *, passes: int = 1, skip_frames: Any = None, guidance_weight: float | None = None,
         perturbation_time: int | None = None, steps: int | None = None, seed: int = 0, sampler: str | None = None,
     ) -> torch.Tensor:  # fmt: skip
-        """Unscaled keyframe latents ``(B, K, c, h, w)`` -> ``(B, 4^passes (K - 1) + 1, c, h, w)``, unscaled."""
+        """Model-space keyframe latents ``(B, K, c, h, w)`` (times ``latent_scale``) -> ``(B, 4^passes (K - 1) + 1,
+        c, h, w)`` in the same space. ``skip_frames``: an int or one per video (default ``sample_skip`` or 1)."""
         from ff_lightning.diffusion.samplers import SamplingSchedule
         from ff_lightning.models.interpolation_pipeline import SamplingOptions, interpolate, method_for
 
         m = self.settings
         schedule = SamplingSchedule.build(m.sample_spacing, steps or m.sample_steps, self.schedule)
         gen = torch.Generator(device="cpu").manual_seed(int(seed))
-        seq = interpolate(
-            method_for(self.unet), latents * m.latent_scale, self.null_embedding,
+        return interpolate(
+            method_for(self.unet), latents, self.null_embedding,
             SamplingOptions(schedule, sampler or m.sampler, m.ddim_eta, m.dynamic_threshold), passes=passes,
             skip_frames=skip_frames if skip_frames is not None else (m.sample_skip or 1),
             perturbation_time=int(m.inference_perturbation if perturbation_time is None else perturbation_time),
             guidance_weight=float(m.guidance_weight if guidance_weight is None else guidance_weight),
             train_schedule=self.schedule, generator=gen,
         )  # fmt: skip
-        return seq / m.latent_scale
 
 
 def build_interpolation_stage(src: StageSource) -> InterpolationStage:

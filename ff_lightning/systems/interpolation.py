@@ -10,7 +10,8 @@ Setup: the Kandinsky 3 UNet of ``model.preset`` (+ ``model.overrides``) gets the
   masked_interpolation_unet_from_t2i`, the masked-frame baseline of equal width and depth.
 
 The whole UNet trains unless ``module.freeze_spatial`` (the release fine-tunes everything). The context is the null
-text embedding (taken from the t2i checkpoint when it has one; trainable with ``module.train_null_embedding``). The
+text embedding (taken from the t2i checkpoint; one without it is refused unless ``module.train_null_embedding``
+trains it, as a random frozen part of a pretrained model is an error). The
 image MoVQ (``module.movq_ckpt``) is frozen and not checkpointed.
 
 Data: ``data.num_frames = 4K - 3`` frames per sample (``K`` keyframes, 3 targets per gap; 33 in the paper, 9 in the
@@ -43,13 +44,11 @@ from torch import nn
 from ff_lightning import registry
 from ff_lightning.config import ConfigError
 from ff_lightning.data.interpolation import InterpolationDataOptions, install_interpolation_data, num_keyframes_for
-from ff_lightning.diffusion import SAMPLERS, NoiseSchedule, SamplingSchedule
+from ff_lightning.diffusion import SAMPLERS, NoiseSchedule
 from ff_lightning.models.interpolation import NOISY_INIT, interpolation_unet_from_t2i
 from ff_lightning.models.interpolation_pipeline import (
     METHODS,
     InterpolationMethod,
-    SamplingOptions,
-    interpolate,
     keyframe_mask,
     method_for,
 )
@@ -156,6 +155,12 @@ class InterpolationModule(FrozenMoVQDiffusionSystem):
         self.method: InterpolationMethod = method_for(self.unet)
         self.null_embedding = NullEmbedding(int(self.unet.config["context_dim"]))
         t2i = self.__dict__.pop("_t2i", None)
+        if t2i is not None and t2i.null_embedding is None and not m.train_null_embedding:
+            raise ConfigError(  # a random part of a pretrained model must not stay frozen
+                f"module.t2i_ckpt={m.t2i_ckpt} has no null embedding (null_embedding.embedding), which would stay "
+                "random and frozen: pass a t2i checkpoint or an imported release (`ff import DIR --out OUT`, then "
+                "OUT/<stage>/module.safetensors) that has one, or train it (module.train_null_embedding=true)"
+            )
         if t2i is not None and t2i.null_embedding is not None:
             self.null_embedding.load_state_dict(t2i.null_embedding)
         self.null_embedding.requires_grad_(bool(m.train_null_embedding))
@@ -279,10 +284,6 @@ class InterpolationModule(FrozenMoVQDiffusionSystem):
             self.log_samples("val/samples", batch, metrics_prefix="val")
 
     # ------------------------------------------------------------------------------------------------ sampling
-    def sampling_options(self, steps: int | None = None, sampler: str | None = None) -> SamplingOptions:
-        schedule = SamplingSchedule.build(self.m.sample_spacing, steps or self.m.sample_steps, self.schedule)
-        return SamplingOptions(schedule, sampler or self.m.sampler, self.m.ddim_eta, self.m.dynamic_threshold)
-
     @torch.no_grad()
     def interpolate_latents(
         self,
@@ -296,21 +297,15 @@ class InterpolationModule(FrozenMoVQDiffusionSystem):
         sampler: str | None = None,
         seed: int | None = None,
     ) -> torch.Tensor:
-        """Latent keyframes ``(B, K, c, h, w)`` -> ``(B, 4^n (K - 1) + 1, c, h, w)`` (defaults from ``module``)."""
-        gen = torch.Generator(device="cpu").manual_seed(self.m.sample_seed if seed is None else seed)
-        skip = skip_frames if skip_frames is not None else (self.m.sample_skip or 1)
-        return interpolate(
-            self.method,
-            keyframes,
-            self.null_embedding.embedding,
-            self.sampling_options(steps, sampler),
-            passes=passes,
-            skip_frames=skip,
-            perturbation_time=int(self.m.inference_perturbation if perturbation_time is None else perturbation_time),
-            guidance_weight=float(self.m.guidance_weight if guidance_weight is None else guidance_weight),
-            train_schedule=self.schedule,
-            generator=gen,
-        )
+        """Latent keyframes ``(B, K, c, h, w)`` -> ``(B, 4^n (K - 1) + 1, c, h, w)`` (defaults from ``module``);
+        sampled by :class:`~ff_lightning.pipelines.stages.InterpolationStage` over this system's modules."""
+        from ff_lightning.pipelines.live import interpolation_stage_of
+
+        return interpolation_stage_of(self).model_interpolate(
+            keyframes, passes=passes, skip_frames=skip_frames, guidance_weight=guidance_weight,
+            perturbation_time=perturbation_time, steps=steps, sampler=sampler,
+            seed=self.m.sample_seed if seed is None else seed,
+        )  # fmt: skip
 
     @torch.no_grad()
     def generate(self, keyframes: torch.Tensor, passes: int = 1, decode: bool = True, **kwargs: Any) -> torch.Tensor:

@@ -201,19 +201,16 @@ class KeyframesModule(LatentDiffusionSystem):
 
         ``frame_step``: source-frame step to condition on (default ``module.sample_frame_step``, else
         ``data.stride``). ``kwargs``: ``steps``, ``sampler``, ``guidance_weight``, ``seed``, ``progress``.
-        Dynamic thresholding takes one quantile per video.
+        Dynamic thresholding takes one quantile per video. Sampled by
+        :class:`~ff_lightning.pipelines.stages.KeyframeStage` over this system's modules.
         """
-        h, w = latent_size
+        from ff_lightning.pipelines.live import keyframe_stage_of
+
         t = self.num_frames
-        step = frame_step or self.m.sample_frame_step or float(self.cfg.data.stride)
-        stride = float(step) * self.position_unit
-        channels = int(self.unet.config["num_channels"])
-
-        def model_fn(x: torch.Tensor, time: torch.Tensor, c: torch.Tensor, m: torch.Tensor | None) -> torch.Tensor:
-            return self.unet(x, time, c, m, num_frames=t, frame_stride=stride)
-
-        shape = (len(prompts) * t, channels, h, w)
-        latents = self.run_sampler(model_fn, prompts, shape, threshold_group=t, **kwargs)  # (b t) 4 h w
+        seed = kwargs.pop("seed", None)
+        seed = self.m.sample_seed if seed is None else seed
+        latents = keyframe_stage_of(self).model_latents(list(prompts), latent_size, frame_step=frame_step, seed=seed,
+                                                        **kwargs)  # (b t) 4 h w  # fmt: skip
         out = self.decode_latents(latents, num_frames=t) if decode else latents
         return rearrange(out, "(b t) c h w -> b t c h w", t=t)  # b t c H W
 

@@ -14,7 +14,8 @@ probability ``reference_dropout`` per clip, independently of the caption's ``cfg
 ``e(I, T)``, ``e(I, 0)``, ``e(0, T)`` and ``e(0, 0)``. Validation batches never drop (as for the text). The loss is the
 keyframe system's, over all frames.
 
-Sampling (:meth:`ReferenceKeyframesModule.generate`). The reference is a user image ``(B | 1, 3, H, W)`` in [-1, 1]
+Sampling (:meth:`ReferenceKeyframesModule.generate`, which runs
+:class:`~ff_lightning.pipelines.reference.ReferenceKeyframeStage` over this system's modules). The reference is a user image ``(B | 1, 3, H, W)`` in [-1, 1]
 (encoded by the MoVQ), a latent ``(B | 1, c, h, w)``, or, when none is given, made by the *image stage*: the
 keyframe UNet's own frozen spatial weights run as the text-to-image model
 (:meth:`~ff_lightning.models.keyframes.KeyframeUNet.image_unet`, i.e. the T2I base the model was converted from)
@@ -37,11 +38,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from einops import rearrange, repeat
+from einops import rearrange
 
 from ff_lightning.config import ConfigError
-from ff_lightning.diffusion import sample
-from ff_lightning.models.reference import reference_guided_denoiser
+from ff_lightning.pipelines.reference import IMAGE_SEED_OFFSET, ReferenceKeyframeStage, reference_stage_over
 from ff_lightning.systems.keyframes import KeyframesModule, KeyframesSystemConfig
 
 __all__ = [
@@ -51,9 +51,6 @@ __all__ = [
     "read_reference_image",
     "fit_reference_image",
 ]
-
-IMAGE_SEED_OFFSET = 1_000_003  # the image stage's seed is the sampling seed plus this (its own noise)
-
 
 @dataclass
 class ReferenceKeyframesSystemConfig(KeyframesSystemConfig):
@@ -130,45 +127,24 @@ class ReferenceKeyframesModule(KeyframesModule):
         return {"reference": reference, "reference_frames": index}
 
     # ------------------------------------------------------------------------------------------------- sampling
+    def sampling_stage(self) -> ReferenceKeyframeStage:
+        """The typed stage over this system's modules (:mod:`ff_lightning.pipelines.reference`): its sampling code."""
+        from ff_lightning.pipelines.live import keyframe_stage_of
+
+        return reference_stage_over(keyframe_stage_of(self))
+
     def reference_latents(self, reference: torch.Tensor, videos: int) -> torch.Tensor:
-        """A user reference -> latents ``(videos, c, h, w)``: an image ``(B | 1, 3, H, W)`` in [-1, 1] is encoded by
-        the frozen MoVQ; a latent ``(B | 1, c, h, w)`` is used as is."""
-        c = int(self.unet.config["num_channels"])
-        ref = torch.as_tensor(reference).to(self.device)
-        if ref.ndim == 3:
-            ref = ref[None]
-        if ref.ndim != 4 or ref.shape[0] not in (1, videos):
-            raise ValueError(f"reference of shape {tuple(ref.shape)}: expected (1 or {videos}, 3 or {c}, H, W)")
-        if ref.shape[1] == 3 and c != 3:
-            ref = self.encode_frames(ref.to(self.text_projection.projection.weight.dtype))
-        elif ref.shape[1] != c:
-            raise ValueError(f"reference with {ref.shape[1]} channels: an RGB image (3) or a latent ({c})")
-        return ref.expand(videos, -1, -1, -1) if ref.shape[0] == 1 else ref
+        """A user reference -> latents ``(videos, c, h, w)`` (see
+        :meth:`~ff_lightning.pipelines.reference.ReferenceKeyframeStage.reference_latents`)."""
+        return self.sampling_stage().reference_latents(reference, videos)
 
     @torch.no_grad()
-    def generate_reference(
-        self,
-        prompts: Sequence[str],
-        latent_size: tuple[int, int],
-        *,
-        steps: int | None = None,
-        sampler: str | None = None,
-        guidance_weight: float | None = None,
-        seed: int | None = None,
-        progress: bool = False,
-    ) -> torch.Tensor:
-        """The image stage: reference latents ``(B, c, h, w)`` from the frozen T2I weights (see the module docstring)."""
-        image = self.unet.image_unet()
-        c = int(self.unet.config["num_channels"])
+    def generate_reference(self, prompts: Sequence[str], latent_size: tuple[int, int], *, seed: int | None = None,
+                           **kwargs: Any) -> torch.Tensor:  # fmt: skip
+        """The image stage: reference latents ``(B, c, h, w)`` from the frozen T2I weights (see the module docstring);
+        ``kwargs``: ``steps``, ``sampler``, ``guidance_weight``, ``progress``."""
         seed = self.m.sample_seed if seed is None else seed
-
-        def model_fn(x: torch.Tensor, time: torch.Tensor, ctx: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-            return image(x, time, ctx, mask)
-
-        return self.run_sampler(
-            model_fn, prompts, (len(prompts), c, *latent_size), steps=self.m.image_steps or steps, sampler=sampler,
-            guidance_weight=guidance_weight, seed=seed + IMAGE_SEED_OFFSET, progress=progress,
-        )  # fmt: skip
+        return self.sampling_stage().image_latents(list(prompts), latent_size, seed=seed, **kwargs)
 
     @torch.no_grad()
     def generate(
@@ -195,63 +171,12 @@ class ReferenceKeyframesModule(KeyframesModule):
         weight. ``use_reference=False``: no reference at all. ``return_reference``: also return the reference latents
         ``(B, c, h, w)`` (None without one). Other arguments as :meth:`KeyframesModule.generate`.
         """
-        m = self.m
-        b, t = len(prompts), self.num_frames
-        h, w = latent_size
-        c = int(self.unet.config["num_channels"])
-        stride = float(frame_step or m.sample_frame_step or float(self.cfg.data.stride)) * self.position_unit
-        seed = m.sample_seed if seed is None else seed
-        ref = None
-        if use_reference:
-            if reference is None:
-                ref = self.generate_reference(prompts, latent_size, steps=steps, sampler=sampler,
-                                              guidance_weight=guidance_weight, seed=seed, progress=progress)  # fmt: skip
-            else:
-                ref = self.reference_latents(reference, b)
-            if tuple(ref.shape[-2:]) != (h, w):
-                raise ValueError(f"reference latents of {tuple(ref.shape[-2:])} for keyframes of {(h, w)}")
-        frames = torch.zeros(b, t, device=self.device)
-        frames[:, int(m.sample_reference_frame)] = 1
-        level = torch.full((b,), float(m.reference_sample_level), device=self.device)
-        augmented = ref
-        if ref is not None and m.reference_sample_level > 0:
-            gen = torch.Generator().manual_seed(seed + 2 * IMAGE_SEED_OFFSET)
-            noise = torch.randn(ref.shape, generator=gen, dtype=ref.dtype).to(ref.device)
-            augmented = self.schedule.q_sample(ref, level.long(), noise)
-
-        def model_fn(
-            x: torch.Tensor, time: torch.Tensor, ctx: torch.Tensor, mask: torch.Tensor | None, use: torch.Tensor
-        ) -> torch.Tensor:
-            copies = use.shape[0] // b  # guidance branches stacked as [branch 0 videos | branch 1 videos | ...]
-            if augmented is None:
-                return self.unet(x, time, ctx, mask, num_frames=t, frame_stride=stride)
-            given = repeat(frames, "b t -> (k b) t", k=copies) * use[:, None].to(frames.dtype)
-            lvl = repeat(level, "b -> (k b)", k=copies) * use.to(level.dtype)
-            return self.unet(x, time, ctx, mask, num_frames=t, frame_stride=stride,
-                             reference=repeat(augmented, "b c h w -> (k b) c h w", k=copies), reference_frames=given,
-                             reference_level=lvl)  # fmt: skip
-
-        w_text = m.guidance_weight if guidance_weight is None else guidance_weight
-        w_img = m.image_guidance_weight if image_guidance_weight is None else image_guidance_weight
-        if ref is None:
-            w_img = 0.0
-        cond = self.text_condition(prompts)
-        uncond = self.uncond_condition(b, cond[0].shape[1]) if (w_text or w_img) else None
-        gen = torch.Generator(device="cpu").manual_seed(seed)
-        latents = sample(
-            reference_guided_denoiser(model_fn, cond, uncond, float(w_text), float(w_img)),
-            (b * t, c, h, w),
-            self.sampling_schedule(steps),
-            method=sampler or m.sampler,
-            prediction=m.prediction,
-            eta=m.ddim_eta,
-            threshold=m.dynamic_threshold,
-            threshold_group=t,
-            generator=gen,
-            device=self.device,
-            dtype=self.text_projection.projection.weight.dtype,
-            progress=progress,
-        )  # (b t) c h w
+        t = self.num_frames
+        latents, ref = self.sampling_stage().model_latents(
+            list(prompts), latent_size, reference=reference, image_guidance_weight=image_guidance_weight,
+            use_reference=use_reference, frame_step=frame_step, steps=steps, sampler=sampler,
+            guidance_weight=guidance_weight, seed=self.m.sample_seed if seed is None else seed, progress=progress,
+        )  # (b t) c h w  # fmt: skip
         out = self.decode_latents(latents, num_frames=t) if decode else latents
         video = rearrange(out, "(b t) c h w -> b t c h w", t=t)
         return (video, ref) if return_reference else video

@@ -46,15 +46,7 @@ from torch import nn
 
 from ff_lightning import registry
 from ff_lightning.config import ConfigError
-from ff_lightning.diffusion import (
-    PREDICTIONS,
-    SAMPLERS,
-    SPACINGS,
-    NoiseSchedule,
-    SamplingSchedule,
-    guided_denoiser,
-    sample,
-)
+from ff_lightning.diffusion import PREDICTIONS, SAMPLERS, SPACINGS, NoiseSchedule
 from ff_lightning.models.text import (
     NullEmbedding,
     TextEmbeddingCache,
@@ -140,7 +132,8 @@ class LatentDiffusionSystem(FrozenMoVQDiffusionSystem):
     """Base of the diffusion systems; ``self.cfg`` is the whole validated config, ``self.m`` its module section.
 
     Subclasses build ``self.unet`` (:meth:`build_unet`), define the loss (:meth:`diffusion_loss`) and the sampling
-    layout (:meth:`generate`), and may change what trains (:meth:`configure_trainable`).
+    layout (:meth:`generate`, which runs a typed stage of :mod:`ff_lightning.pipelines` over this system's modules:
+    the sampling code lives there), and may change what trains (:meth:`configure_trainable`).
     """
 
     def __init__(self, cfg: DictConfig) -> None:
@@ -262,49 +255,6 @@ class LatentDiffusionSystem(FrozenMoVQDiffusionSystem):
             context, mask = self.null_embedding.drop(context, mask, dropped)
         return context, mask
 
-    def uncond_condition(self, batch: int, length: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """The unconditional branch of guidance: the negative prompt, or the null embedding; ``(batch, L, C)``."""
-        if self.m.negative_prompt is not None:
-            context, mask = self.text_condition([self.m.negative_prompt])
-            return context.expand(batch, -1, -1), mask.expand(batch, -1)
-        return self.null_embedding.condition(batch, length)
-
-    def sampling_schedule(self, steps: int | None = None) -> SamplingSchedule:
-        return SamplingSchedule.build(self.m.sample_spacing, steps or self.m.sample_steps, self.schedule)
-
-    def run_sampler(
-        self,
-        model_fn: Any,
-        prompts: Sequence[str],
-        shape: tuple[int, ...],
-        *,
-        threshold_group: int = 1,
-        steps: int | None = None,
-        sampler: str | None = None,
-        guidance_weight: float | None = None,
-        seed: int | None = None,
-        progress: bool = False,
-    ) -> torch.Tensor:
-        """Guided sampling of latents ``shape`` for ``prompts`` with ``model_fn(x, t, context, mask)``."""
-        cond = self.text_condition(prompts)
-        w = self.m.guidance_weight if guidance_weight is None else guidance_weight
-        uncond = self.uncond_condition(len(prompts), cond[0].shape[1]) if w != 0 else None
-        gen = torch.Generator(device="cpu").manual_seed(self.m.sample_seed if seed is None else seed)
-        return sample(
-            guided_denoiser(model_fn, cond, uncond, w),
-            shape,
-            self.sampling_schedule(steps),
-            method=sampler or self.m.sampler,
-            prediction=self.m.prediction,
-            eta=self.m.ddim_eta,
-            threshold=self.m.dynamic_threshold,
-            threshold_group=threshold_group,
-            generator=gen,
-            device=self.device,
-            dtype=self.text_projection.projection.weight.dtype,
-            progress=progress,
-        )
-
     # ---------------------------------------------------------------------------------------------- optimisation
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         loss = self.diffusion_loss(batch)
@@ -405,14 +355,13 @@ class T2IModule(LatentDiffusionSystem):
         """Images for ``prompts``: ``(B, 1, 3, H, W)`` decoded (or latents ``(B, 1, 4, h, w)`` with ``decode=False``).
 
         ``kwargs``: ``steps``, ``sampler``, ``guidance_weight``, ``seed``, ``progress`` (defaults from ``module``).
+        Sampled by :class:`~ff_lightning.pipelines.stages.ImageStage` over this system's modules.
         """
-        h, w = latent_size
-        channels = int(self.unet.config["num_channels"])
+        from ff_lightning.pipelines.live import image_stage_of
 
-        def model_fn(x: torch.Tensor, t: torch.Tensor, c: torch.Tensor, m: torch.Tensor | None) -> torch.Tensor:
-            return self.unet(x, t, c, m)
-
-        latents = self.run_sampler(model_fn, prompts, (len(prompts), channels, h, w), **kwargs)  # b 4 h w
+        seed = kwargs.pop("seed", None)
+        seed = self.m.sample_seed if seed is None else seed
+        latents = image_stage_of(self).model_latents(list(prompts), latent_size, seed=seed, **kwargs)  # b 4 h w
         out = self.decode_latents(latents) if decode else latents
         return rearrange(out, "b c h w -> b 1 c h w")  # images as 1-frame videos
 
