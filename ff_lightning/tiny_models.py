@@ -160,6 +160,15 @@ def latent_scale_of(movq_ckpt: str | Path, clips: int = 16, size: int = 32) -> f
     return float(f"{1.0 / std:.3g}")
 
 
+def _base_latent_scale(t2i_ckpt: str | Path) -> float | None:
+    """The ``module.latent_scale`` a t2i checkpoint was trained with (None when it records none)."""
+    from ff_lightning.systems.keyframes import read_t2i_checkpoint
+
+    config = read_t2i_checkpoint(t2i_ckpt).config or {}
+    value = (config.get("module") or {}).get("latent_scale")
+    return float(value) if value is not None else None
+
+
 def build_tiny_models(redo: bool = False) -> dict[str, Any]:
     """Provide the three tiny stages (see the module docstring); returns the manifest. Stages already built are
     reused unless ``redo``."""
@@ -219,7 +228,7 @@ def build_tiny_models(redo: bool = False) -> dict[str, Any]:
         manifest["keyframes"] = str(_copy(src, out / "keyframes.ckpt"))
         seconds["keyframes"] = round(time.time() - t0, 1)
 
-    scale = latent_scale_of(movq)
+    scale = _base_latent_scale(t2i) or latent_scale_of(movq)  # the interpolation UNet starts from the t2i base
     for stage, exp, recipe in (
         ("interpolation", EXPERIMENTS / "interpolation" / "base.yaml", [*INTERPOLATION_RECIPE, f"module.latent_scale={scale}"]),
         ("decoder", EXPERIMENTS / "decoder" / "base.yaml", DECODER_RECIPE),

@@ -116,3 +116,13 @@ def test_tiny_t2i_default_recipe_learns_the_caption_colour(tmp_path: Path) -> No
     print(f"colour accuracy {acc:.2f} (decoded noise {noise_acc:.2f}, chance 0.25); training {train_s:.1f}s")
     assert acc >= 0.75, acc
     assert acc >= noise_acc + 0.4, (acc, noise_acc)
+
+
+def test_tiny_interpolation_uses_the_t2i_base_latent_scale(tmp_path: Path) -> None:
+    from ff_lightning.tiny_models import _base_latent_scale
+
+    for value, want in ((3.68, 3.68), (None, None)):
+        path = tmp_path / f"t2i-{value}.ckpt"
+        torch.save({"state_dict": {"unet.w": torch.zeros(1)},
+                    "hyper_parameters": {"config": {"module": {"latent_scale": value}}}}, path)  # fmt: skip
+        assert _base_latent_scale(path) == want
