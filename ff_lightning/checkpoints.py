@@ -313,6 +313,13 @@ def read_stage_source(path: str | os.PathLike[str], use_ema: bool = True) -> Sta
                 "a run's checkpoints/last.ckpt) nor an export folder"
             )
         config, manifest = dict(stored), {}
+        module = dict(config.get("module") or {})
+        if "latent_scale" in module and module["latent_scale"] is None:  # as the systems' on_load_checkpoint
+            if obj.get("latent_scale") is not None:  # measured during the run
+                module["latent_scale"] = float(obj["latent_scale"])
+            elif not obj.get("global_step"):  # an untrained checkpoint
+                module["latent_scale"] = 1.0
+            config["module"] = module
         state = {k: v for k, v in obj["state_dict"].items() if isinstance(v, torch.Tensor)}
         ema = obj.get("ema_state_dict") if use_ema else None
     averaged = {k: v for k, v in dict(ema or {}).items() if k in state}

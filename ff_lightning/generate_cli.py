@@ -132,7 +132,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
 
     image = None
     if args.image:
-        from ff_lightning.systems.reference_keyframes import read_reference_image
+        from ff_lightning.pipelines.reference import read_reference_image
 
         try:
             image = read_reference_image(args.image)

@@ -462,10 +462,8 @@ def generate(
 
     o = options or GenerateOptions()
     try:
-        if o.image is not None or o.image_guidance_weight is not None:
-            raise UnsupportedStage("a reference image")
         pipe = VideoPipeline.from_paths(keyframes, interpolation, decoder, device=device, precision=precision)
-    except UnsupportedStage:  # reference-image keyframe models run through their system
+    except UnsupportedStage:  # a keyframes stage of another system: through its system
         stages = load_stages(keyframes, interpolation, decoder, device=device)
         with autocast(device, precision):
             result = generate_video(stages, prompt, o)

@@ -389,3 +389,35 @@ def test_ff_generate_image(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
         with av.open(str(tmp_path / f"{name}.mp4")) as container:
             decoded.append(np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)]))
     assert decoded[0].shape == (2, 32, 32, 3) and np.abs(decoded[0].astype(int) - decoded[1].astype(int)).mean() > 1
+
+
+def test_typed_reference_stage_reproduces_the_system(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``ff generate --image`` runs the typed ReferenceKeyframeStage (no LightningModule): its videos equal, bit for
+    bit, those of the reference_keyframes system loaded from the same checkpoint (user image, and the image stage's
+    reference with another image weight)."""
+    import ff_lightning.pipeline as pipeline_module
+    from ff_lightning.pipeline import GenerateOptions, generate_video, load_stages
+    from ff_lightning.pipelines import VideoPipeline
+    from ff_lightning.pipelines.reference import ReferenceKeyframeStage
+    from ff_lightning.tiny_models import write_untrained_stages
+
+    stages = write_untrained_stages(tmp_path / "stages", seed=0, stages=("keyframes",))
+    ckpt = _ref_checkpoint(tmp_path, stages["movq"])
+    pipe = VideoPipeline.from_paths(ckpt)
+    assert isinstance(pipe.keyframes, ReferenceKeyframeStage)
+    system = load_stages(ckpt, None, None)
+    image = torch.rand(3, 40, 48, generator=torch.Generator().manual_seed(2)) * 2 - 1
+    videos = []
+    for given, weight in ((image, None), (None, 2.0)):
+        options = GenerateOptions(steps=2, seed=1, progress=False, image=given, image_guidance_weight=weight)
+        typed = pipe.generate("a red circle", options).frames
+        assert torch.equal(typed, generate_video(system, "a red circle", options).frames)
+        videos.append(typed)
+    assert not torch.equal(videos[0], videos[1])
+
+    def no_system(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("built the LightningModule")
+
+    monkeypatch.setattr(pipeline_module, "load_stages", no_system)  # what ff generate --image runs: the typed stage
+    options = GenerateOptions(steps=2, seed=1, progress=False, image=image)
+    assert torch.equal(pipeline_module.generate("a red circle", ckpt, options=options).frames, videos[0])

@@ -12,7 +12,9 @@ one made by the *image stage*: the keyframe UNet's own frozen spatial weights ru
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -21,7 +23,8 @@ from einops import rearrange, repeat
 from ff_lightning.checkpoints import CheckpointError, StageSource
 from ff_lightning.pipelines.stages import ImageStage, KeyframeStage
 
-__all__ = ["IMAGE_SEED_OFFSET", "ReferenceKeyframeStage", "reference_stage_over", "build_reference_keyframe_stage"]
+__all__ = ["IMAGE_SEED_OFFSET", "ReferenceKeyframeStage", "reference_stage_over", "build_reference_keyframe_stage",
+           "read_reference_image", "fit_reference_image"]
 
 IMAGE_SEED_OFFSET = 1_000_003  # the image stage's seed is the sampling seed plus this (its own noise)
 
@@ -44,6 +47,25 @@ class ReferenceKeyframeStage:
     @property
     def device(self) -> torch.device:
         return self.keyframes.device
+
+    @property
+    def unet(self) -> torch.nn.Module:
+        return self.keyframes.unet
+
+    @property
+    def movq(self) -> torch.nn.Module:
+        return self.keyframes.movq
+
+    @property
+    def config(self) -> Any:
+        return self.keyframes.config
+
+    @property
+    def default_frame_step(self) -> float:
+        return self.keyframes.default_frame_step
+
+    def latent_size(self, size: tuple[int, int]) -> tuple[int, int]:
+        return self.keyframes.latent_size(size)
 
     def to(self, device: torch.device | str) -> ReferenceKeyframeStage:
         self.keyframes.to(device)
@@ -154,3 +176,32 @@ def build_reference_keyframe_stage(src: StageSource) -> ReferenceKeyframeStage:
     from ff_lightning.pipelines.stages import build_keyframe_stage
 
     return reference_stage_over(build_keyframe_stage(src, reference=True))
+
+
+def read_reference_image(path: str | Path) -> torch.Tensor:
+    """An image file (any format PIL reads; RGB, alpha dropped) -> ``(3, H, W)`` float in [-1, 1], native size."""
+    import numpy as np
+    from PIL import Image
+
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise FileNotFoundError(f"reference image not found: {p}")
+    with Image.open(p) as im:
+        array = np.asarray(im.convert("RGB"), dtype=np.float32)  # H W 3 in [0, 255]
+    return torch.from_numpy(array).permute(2, 0, 1) / 127.5 - 1.0
+
+
+def fit_reference_image(image: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    """Resize an image ``(3, H, W)`` in [-1, 1] to ``size = (h, w)``: scaled to cover, then centre-cropped (the data
+    layer's resize + centre crop), bilinear with antialiasing. Returns ``(3, h, w)``."""
+    import torch.nn.functional as F
+
+    h, w = (int(v) for v in size)
+    if tuple(image.shape[-2:]) == (h, w):
+        return image
+    ih, iw = image.shape[-2:]
+    scale = max(h / ih, w / iw)
+    rh, rw = max(h, round(ih * scale)), max(w, round(iw * scale))
+    out = F.interpolate(image[None].float(), size=(rh, rw), mode="bilinear", antialias=True, align_corners=False)[0]
+    top, left = (rh - h) // 2, (rw - w) // 2
+    return out[:, top : top + h, left : left + w].clamp(-1, 1)

@@ -12,8 +12,9 @@ laid over) and turned into a typed stage of :mod:`.stages` (:class:`~.stages.Key
 :class:`~.stages.InterpolationStage`, :class:`~.stages.DecoderStage`) whose sampling reproduces its training
 system's bit for bit. The stages must share one MoVQ latent space (checked as in :mod:`ff_lightning.pipeline`).
 :meth:`VideoPipeline.weights` records each stage's path and sha256 (and, for imports, the release files).
-Reference-image keyframe models (``reference_keyframes``) are not stages here: :func:`ff_lightning.pipeline.generate`
-runs them through their system.
+Reference-image keyframe models (``reference_keyframes``) run as a
+:class:`~ff_lightning.pipelines.reference.ReferenceKeyframeStage` (``GenerateOptions.image`` /
+``image_guidance_weight``).
 
 Precision: ``fp32`` (default), ``bf16`` or ``fp16``: sampling and decoding run under ``torch.autocast`` of the
 pipeline's device type (weights stay float32; frames come back float32 in [-1, 1]).
@@ -38,6 +39,7 @@ from ff_lightning.config import ConfigError
 if TYPE_CHECKING:
     from ff_lightning.checkpoints import StageSource
     from ff_lightning.pipeline import GenerateOptions, GenerationResult
+    from ff_lightning.pipelines.reference import ReferenceKeyframeStage
     from ff_lightning.pipelines.stages import DecoderStage, InterpolationStage, KeyframeStage
 
 __all__ = ["PRECISIONS", "StageWeights", "UnsupportedStage", "VideoPipeline", "autocast", "weights_record"]
@@ -104,14 +106,23 @@ def _check_latent_spaces(movqs: dict[str, Any], paths: dict[str, Any], trained: 
 
 
 class UnsupportedStage(ConfigError):
-    """A stage kind the typed pipeline does not run (reference-image keyframe models)."""
+    """A stage kind the typed pipeline does not run (a keyframes stage of another system)."""
+
+
+def _fitted_image(image: torch.Tensor | None, size: Sequence[int]) -> torch.Tensor | None:
+    """A reference image ``(3, H, W)`` resized to the frame ``size`` (cover + centre crop); latents pass unchanged."""
+    if image is None or image.ndim != 3 or image.shape[0] != 3:
+        return image
+    from ff_lightning.pipelines.reference import fit_reference_image
+
+    return fit_reference_image(image, size)
 
 
 @dataclass
 class VideoPipeline:
     """Keyframes -> interpolation (optional) -> video decoder (optional: else the image MoVQ frame by frame)."""
 
-    keyframes: KeyframeStage
+    keyframes: KeyframeStage | ReferenceKeyframeStage
     interpolation: InterpolationStage | None = None
     decoder: DecoderStage | None = None
     stage_weights: dict[str, StageWeights] = field(default_factory=dict)
@@ -146,10 +157,14 @@ class VideoPipeline:
                 raise FileNotFoundError(f"{stage} checkpoint not found: {p}")
             sources[stage] = read_stage_source(p)
         system = str(sources["keyframes"].config.get("system"))
-        if system != "keyframes":
-            raise UnsupportedStage(f"{keyframes}: a {system!r} keyframe stage (the typed pipeline runs the keyframes "
-                                   "system; ff generate runs reference-image models through their system)")  # fmt: skip
-        kf = build_keyframe_stage(sources["keyframes"]).to(dev)
+        if system not in ("keyframes", "reference_keyframes"):
+            raise UnsupportedStage(f"{keyframes}: a {system!r} stage, not a keyframes or reference_keyframes stage")
+        if system == "reference_keyframes":
+            from ff_lightning.pipelines.reference import build_reference_keyframe_stage
+
+            kf: Any = build_reference_keyframe_stage(sources["keyframes"]).to(dev)
+        else:
+            kf = build_keyframe_stage(sources["keyframes"]).to(dev)
         ip = build_interpolation_stage(sources["interpolation"]).to(dev) if "interpolation" in sources else None
         dec = build_decoder_stage(sources["decoder"]).to(dev) if "decoder" in sources else None
         trained = {s: (src.config.get("module") or {}).get("movq_ckpt") or "its own (in the stage)"
@@ -192,19 +207,26 @@ class VideoPipeline:
         """One video for ``prompt``: the stages of :func:`ff_lightning.pipeline.generate_video` (same seeds: keyframes
         ``seed``, interpolation ``seed + 1``; same defaults), under the pipeline's precision."""
         from ff_lightning.pipeline import GenerateOptions, GenerationResult, _stage_bar
+        from ff_lightning.pipelines.reference import ReferenceKeyframeStage
 
         o = options or GenerateOptions()
-        if o.image is not None or o.image_guidance_weight is not None:
-            raise UnsupportedStage("this keyframe model takes no reference image (a reference_keyframes checkpoint does)")
         kf, ip, dec = self.keyframes, self.interpolation, self.decoder
+        size = o.size or tuple(kf.config.data.size)
+        reference: dict[str, Any] = {}
+        if isinstance(kf, ReferenceKeyframeStage):
+            reference = {"reference": _fitted_image(o.image, size), "image_guidance_weight": o.image_guidance_weight}
+        else:
+            for name, value in (("image", o.image), ("image guidance", o.image_guidance_weight)):
+                if value is not None:
+                    raise ConfigError(f"this keyframe model ({kf.config.system} system) takes no reference image "
+                                      f"({name} given); a reference_keyframes checkpoint does")  # fmt: skip
         seconds: dict[str, float] = {}
         with autocast(self.device, self.precision):
             t0 = time.perf_counter()
             steps = int(o.steps or kf.settings.sample_steps)
-            size = o.size or tuple(kf.config.data.size)
             with _stage_bar("keyframes", steps, kf.unet, o.progress):
                 lat = kf.sample([prompt], kf.latent_size(size), steps=steps, guidance_weight=o.guidance_weight,
-                                seed=o.seed, frame_step=o.frame_step)  # fmt: skip
+                                seed=o.seed, frame_step=o.frame_step, **reference)  # fmt: skip
             seconds["keyframes"] = time.perf_counter() - t0
             num_keyframes, passes = lat.shape[1], 0
             if ip is not None and o.passes > 0:

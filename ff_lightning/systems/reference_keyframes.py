@@ -34,14 +34,19 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
 from einops import rearrange
 
 from ff_lightning.config import ConfigError
-from ff_lightning.pipelines.reference import IMAGE_SEED_OFFSET, ReferenceKeyframeStage, reference_stage_over
+from ff_lightning.pipelines.reference import (
+    IMAGE_SEED_OFFSET,
+    ReferenceKeyframeStage,
+    fit_reference_image,
+    read_reference_image,
+    reference_stage_over,
+)
 from ff_lightning.systems.keyframes import KeyframesModule, KeyframesSystemConfig
 
 __all__ = [
@@ -212,32 +217,3 @@ class ReferenceKeyframesModule(KeyframesModule):
             exp.add_video(tag, video, global_step=self.global_step, fps=self.m.log_fps)
         except Exception:  # pragma: no cover - moviepy missing or broken: the strip above has the frames
             pass
-
-
-def read_reference_image(path: str | Path) -> torch.Tensor:
-    """An image file (any format PIL reads; RGB, alpha dropped) -> ``(3, H, W)`` float in [-1, 1], native size."""
-    import numpy as np
-    from PIL import Image
-
-    p = Path(path).expanduser()
-    if not p.is_file():
-        raise FileNotFoundError(f"reference image not found: {p}")
-    with Image.open(p) as im:
-        array = np.asarray(im.convert("RGB"), dtype=np.float32)  # H W 3 in [0, 255]
-    return torch.from_numpy(array).permute(2, 0, 1) / 127.5 - 1.0
-
-
-def fit_reference_image(image: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
-    """Resize an image ``(3, H, W)`` in [-1, 1] to ``size = (h, w)``: scaled to cover, then centre-cropped (the data
-    layer's resize + centre crop), bilinear with antialiasing. Returns ``(3, h, w)``."""
-    import torch.nn.functional as F
-
-    h, w = (int(v) for v in size)
-    if tuple(image.shape[-2:]) == (h, w):
-        return image
-    ih, iw = image.shape[-2:]
-    scale = max(h / ih, w / iw)
-    rh, rw = max(h, round(ih * scale)), max(w, round(iw * scale))
-    out = F.interpolate(image[None].float(), size=(rh, rw), mode="bilinear", antialias=True, align_corners=False)[0]
-    top, left = (rh - h) // 2, (rw - w) // 2
-    return out[:, top : top + h, left : left + w].clamp(-1, 1)
