@@ -156,6 +156,30 @@ def test_bootstrap_ci_coverage_by_simulation() -> None:
     assert _coverage("percentile") < 0.92
 
 
+def test_bootstrap_ci_proportions_wilson_and_bounded() -> None:
+    """0/1 accuracies get the Wilson interval (checked against its closed form and by coverage), inside [0, 1]; other
+    intervals never leave the values' range (the bootstrap-t of a bounded sample can)."""
+    hits = np.array([1.0] * 23 + [0.0])
+    ci = MF.bootstrap_ci(hits)
+    z, n, p = 1.959963984540054, 24, 23 / 24
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    assert ci == pytest.approx((p, centre - half, centre + half), abs=1e-12)
+    assert 0.0 <= ci.low < ci.mean < ci.high <= 1.0
+    all_hit = MF.bootstrap_ci(np.ones(24), proportion=True)
+    assert all_hit.mean == all_hit.high == 1.0 and 0.8 < all_hit.low < 0.9  # 24 of 24 is not certainty
+    with pytest.raises(ValueError, match="0/1"):
+        MF.bootstrap_ci([0.5, 1.0], proportion=True)
+    rng = np.random.default_rng(5)
+    covered = sum(
+        (c := MF.bootstrap_ci(rng.binomial(1, 0.8, size=30).astype(float), proportion=True)).low <= 0.8 <= c.high
+        for _ in range(2000)
+    )
+    assert 0.92 <= covered / 2000 <= 0.99
+    skewed = np.array([0.0] * 28 + [1e-3, 0.9])  # one outlier: the bootstrap-t's upper end passes the largest value
+    assert MF.bootstrap_ci(skewed).high <= 0.9 and MF.bootstrap_ci(skewed).low >= 0.0
+
+
 def _spd(d: int, seed: int) -> np.ndarray:
     a = np.random.default_rng(seed).normal(size=(d, d))
     return a @ a.T / d + 0.5 * np.eye(d)

@@ -33,12 +33,15 @@ log = logging.getLogger(__name__)
 __all__ = ["evaluate_decoder", "prepare_movq", "summarize"]
 
 
-def summarize(values: torch.Tensor | None, reason: str | None = None) -> dict[str, Any]:
-    """Per-sample values -> ``{"value", "ci_low", "ci_high", "n", "per_sample"}`` (bootstrap 95%; the per-sample
-    values, in held-out order, allow paired comparisons between rows); None -> unavailable + reason."""
+def summarize(
+    values: torch.Tensor | None, reason: str | None = None, *, proportion: bool = False
+) -> dict[str, Any]:
+    """Per-sample values -> ``{"value", "ci_low", "ci_high", "n", "per_sample"}`` (bootstrap 95%, Wilson for 0/1
+    ``proportion`` values; the per-sample values, in held-out order, allow paired comparisons between rows); None ->
+    unavailable + reason."""
     if values is None:
         return {"value": None, "ci_low": None, "ci_high": None, "n": 0, "reason": reason}
-    ci = bootstrap_ci(values)
+    ci = bootstrap_ci(values, proportion=proportion)
     return {
         "value": ci.mean,
         "ci_low": ci.low,

@@ -351,7 +351,7 @@ def _caption_accuracy(
     model = ensure_attribute_classifier(data, int(real.shape[1]), int(cfg.data.stride))
     hits, real_hits = attribute_hits(model, videos, prompts), attribute_hits(model, real, prompts)
     for k in ATTRIBUTES:
-        out[f"{k}_acc"] = summarize(hits[k])
+        out[f"{k}_acc"] = summarize(hits[k], proportion=True)
     return {f"real_{k}_acc": float(real_hits[k].mean()) for k in ATTRIBUTES}
 
 
