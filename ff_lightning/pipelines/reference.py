@@ -23,8 +23,14 @@ from einops import rearrange, repeat
 from ff_lightning.checkpoints import CheckpointError, StageSource
 from ff_lightning.pipelines.stages import ImageStage, KeyframeStage
 
-__all__ = ["IMAGE_SEED_OFFSET", "ReferenceKeyframeStage", "reference_stage_over", "build_reference_keyframe_stage",
-           "read_reference_image", "fit_reference_image"]
+__all__ = [
+    "IMAGE_SEED_OFFSET",
+    "ReferenceKeyframeStage",
+    "reference_stage_over",
+    "build_reference_keyframe_stage",
+    "read_reference_image",
+    "fit_reference_image",
+]
 
 IMAGE_SEED_OFFSET = 1_000_003  # the image stage's seed is the sampling seed plus this (its own noise)
 
