@@ -82,9 +82,7 @@ def output_paths(prefix: str | os.PathLike[str]) -> dict[str, Path]:
     return {ext: p.with_name(f"{p.name}.{ext}") for ext in ("md", "csv", "png")}
 
 
-def write_csv(
-    path: Path, columns: Sequence[str], rows: Iterable[dict[str, Any]], fmt: Callable[[Any], str]
-) -> None:
+def write_csv(path: Path, columns: Sequence[str], rows: Iterable[dict[str, Any]], fmt: Callable[[Any], str]) -> None:
     """One line per row, the given ``columns`` (missing values empty), values through ``fmt``; written atomically."""
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=list(columns), lineterminator="\n")

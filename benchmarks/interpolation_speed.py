@@ -373,7 +373,8 @@ def measure_speed(
         o["flop_ratio_vs_fusionframes"] = None if o["gflops"] is None else o["gflops"] / ref["gflops"]
         print(
             f"  speed {name}: {o['time_median_s']:.3f} s median, x{o['time_ratio_vs_fusionframes']:.3g} wall, "
-            f"x{o['cpu_ratio_vs_fusionframes']:.3g} CPU" + ("" if o["gflops"] is None else f", {o['gflops']:.2f} GFLOPs"),
+            f"x{o['cpu_ratio_vs_fusionframes']:.3g} CPU"
+            + ("" if o["gflops"] is None else f", {o['gflops']:.2f} GFLOPs"),
             flush=True,
         )
     return out

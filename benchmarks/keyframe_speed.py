@@ -494,8 +494,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Path]:
             "a time) and count everything the step makes resident (tensors, oneDNN scratch, per-shape caches)."
         )
         if args.memory == "inline":
-            notes.append("Memory measured in the benchmark process (--memory inline): freed blocks of earlier steps "
-                         "may be reused, so peaks can be underestimated; use the default fresh processes.")
+            notes.append(
+                "Memory measured in the benchmark process (--memory inline): freed blocks of earlier steps "
+                "may be reused, so peaks can be underestimated; use the default fresh processes."
+            )
         if not all(m.get("peak_reset", True) for m in mem.values()):
             notes.append("WARNING: the RSS high-water mark could not be reset; peaks are upper bounds.")
     meta = dict(

@@ -171,8 +171,17 @@ def load_sweep(path: str | Path, overrides: Sequence[str] = ()) -> tuple[SweepCo
         elif "." in key:
             sw.overrides[key] = parsed
         else:
-            valid = sorted([*sw.aliases, *_SWEEP_KEYS, "<section>.<key> of the experiment config",
-                            "evaluate.<option>", "rows.<row>.checkpoint", "data.train.<key>", "data.test.<key>"])
+            valid = sorted(
+                [
+                    *sw.aliases,
+                    *_SWEEP_KEYS,
+                    "<section>.<key> of the experiment config",
+                    "evaluate.<option>",
+                    "rows.<row>.checkpoint",
+                    "data.train.<key>",
+                    "data.test.<key>",
+                ]
+            )
             raise ConfigError(f"unknown sweep override {key!r}; valid: {', '.join(valid)}")
     sw.data = {side: normalise_data_side(side, values) for side, values in (sw.data or {}).items()}
     names = [r.name for r in sw.rows]

@@ -84,8 +84,9 @@ def normalise_data_side(side: str, values: dict[str, Any]) -> dict[str, Any]:
 
 
 def _items(values: dict[str, Any]) -> list[str]:
-    return [f"{k}={json.dumps(v) if isinstance(v, (list, dict)) else 'null' if v is None else v}"
-            for k, v in values.items()]
+    return [
+        f"{k}={json.dumps(v) if isinstance(v, (list, dict)) else 'null' if v is None else v}" for k, v in values.items()
+    ]
 
 
 def eval_config(cfg: DictConfig, test: dict[str, Any]) -> DictConfig:
@@ -227,8 +228,13 @@ def file_lock(path: Path, what: str) -> Iterator[None]:
 def _anchors() -> list[tuple[str, str]]:
     from ff_lightning.paths import cache_dir
 
-    pairs = [(str(cache_dir().resolve()), "$FF_CACHE_DIR"), (str(cache_dir()), "$FF_CACHE_DIR"),
-             (str(Path.cwd().resolve()), "."), (str(Path.cwd()), "."), (str(Path.home()), "~")]
+    pairs = [
+        (str(cache_dir().resolve()), "$FF_CACHE_DIR"),
+        (str(cache_dir()), "$FF_CACHE_DIR"),
+        (str(Path.cwd().resolve()), "."),
+        (str(Path.cwd()), "."),
+        (str(Path.home()), "~"),
+    ]
     return sorted({(a, b) for a, b in pairs if a not in ("/", "")}, key=lambda p: -len(p[0]))
 
 
@@ -240,7 +246,7 @@ def display_path(path: str | os.PathLike[str] | None) -> str:
     s = str(Path(path).expanduser())
     for anchor, name in _anchors():
         if s == anchor or s.startswith(anchor + os.sep):
-            rest = s[len(anchor):].lstrip(os.sep)
+            rest = s[len(anchor) :].lstrip(os.sep)
             return name if not rest else f"{name}/{rest}"
     parts = Path(s).parts
     return s if not Path(s).is_absolute() or len(parts) <= 3 else ".../" + "/".join(parts[-2:])

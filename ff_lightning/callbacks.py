@@ -91,7 +91,9 @@ class StepSeed(pl.Callback):
     def __init__(self, seed: int) -> None:
         self.seed = int(seed)
 
-    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
         torch.manual_seed(step_seed(self.seed, trainer.global_rank, trainer.current_epoch, batch_idx))
 
 
@@ -132,7 +134,9 @@ class NonFiniteLossStop(pl.Callback):
         self._batch: Any = None
         self._batch_idx = -1
 
-    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
         self._batch, self._batch_idx = batch, batch_idx
 
     def on_train_batch_end(
@@ -140,7 +144,9 @@ class NonFiniteLossStop(pl.Callback):
     ) -> None:
         loss = _loss_of(outputs)
         if loss is not None and not bool(torch.isfinite(loss.detach()).all()):
-            raise FloatingPointError(f"non-finite loss {float(loss.detach().float().mean())} (returned by training_step)")
+            raise FloatingPointError(
+                f"non-finite loss {float(loss.detach().float().mean())} (returned by training_step)"
+            )
         self._batch = None  # keep no reference to finished batches
 
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:

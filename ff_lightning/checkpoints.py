@@ -194,9 +194,7 @@ T2I_CKPT_HINT = (
 _RELEASE_PROJECTION = {"0.weight": "projection.weight", "1.weight": "norm.weight", "1.bias": "norm.bias"}
 
 
-def release_text_weights(
-    state: Mapping[str, torch.Tensor], prefix: str = ""
-) -> dict[str, torch.Tensor] | None:
+def release_text_weights(state: Mapping[str, torch.Tensor], prefix: str = "") -> dict[str, torch.Tensor] | None:
     """Our ``TextProjection`` state dict from the released ``Sequential(Linear(bias=False), LayerNorm)`` keys under
     ``prefix`` (``projections.t5.`` in Kandinsky Video 1.0 files, ``""`` in Kandinsky 3.1's ``projection.pt``,
     ``projection_base.`` in Kandinsky Video 1.1's ``t5_projections.pt``); None when none of them is there. A file with

@@ -67,7 +67,9 @@ def _cmd_params(args: argparse.Namespace) -> int:
 
     if args.list or not args.component:
         for comp in registry.components():
-            print(f"{comp}: variants [{', '.join(registry.variants(comp))}], presets [{', '.join(registry.presets(comp))}]")
+            print(
+                f"{comp}: variants [{', '.join(registry.variants(comp))}], presets [{', '.join(registry.presets(comp))}]"
+            )
         return 0
     if not args.variant:
         print(f"variants of {args.component}: {', '.join(registry.variants(args.component))}")

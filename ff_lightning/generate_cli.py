@@ -81,8 +81,12 @@ def add_generate_parser(sub: argparse._SubParsersAction) -> None:  # type: ignor
     g.add_argument("--device", default="cpu", help="torch device (default cpu), e.g. cuda or cuda:1")
     g.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32",
                    help="autocast precision of sampling and decoding (default fp32)")  # fmt: skip
-    g.add_argument("--info", metavar="JSON", default=None,
-                   help="also write what was generated with which stages and weights (path + sha256) to this file")
+    g.add_argument(
+        "--info",
+        metavar="JSON",
+        default=None,
+        help="also write what was generated with which stages and weights (path + sha256) to this file",
+    )
     g.add_argument("--no-progress", action="store_true", help="no progress bars")
     g.set_defaults(fn=_cmd_generate)
 

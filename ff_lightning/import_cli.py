@@ -64,5 +64,7 @@ def _cmd_import(args: argparse.Namespace) -> int:
         print(f"  {role}: {info['path']} (sha256 {info['sha256'][:16]})")
     for stage, folder in manifest["stages"].items():
         print(f"  stage {stage}: {args.out}/{folder}")
-    print(f"  text encoder: {manifest['text_encoder']['name']} {manifest['text_encoder']['path'] or '(path not given)'}")
+    print(
+        f"  text encoder: {manifest['text_encoder']['name']} {manifest['text_encoder']['path'] or '(path not given)'}"
+    )
     return 0

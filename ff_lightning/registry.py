@@ -105,7 +105,12 @@ def register_component(name: str, presets: Mapping[str, Mapping[str, Any]], desc
 
 
 def register_variant(
-    component: str, name: str, builder: Callable[..., nn.Module] | None = None, *, description: str = "", **defaults: Any
+    component: str,
+    name: str,
+    builder: Callable[..., nn.Module] | None = None,
+    *,
+    description: str = "",
+    **defaults: Any,
 ) -> Any:
     """Register ``builder`` as ``component/name`` (usable as a decorator when ``builder`` is omitted)."""
 

@@ -28,8 +28,17 @@ SAMPLE_SCALE = 2  # pixel upscaling of the sample grid
 
 
 #: CSV columns describing what made each row (a record's ``setup``, ff_lightning.ablate_preflight.describe_setup)
-SETUP_COLUMNS = ("steps", "train_data", "train_frames", "test_data", "test_frames", "test_cap", "size", "movq",
-                 "movq_sha256")
+SETUP_COLUMNS = (
+    "steps",
+    "train_data",
+    "train_frames",
+    "test_data",
+    "test_frames",
+    "test_cap",
+    "size",
+    "movq",
+    "movq_sha256",
+)
 
 
 def _scrub(text: str) -> str:
@@ -58,12 +67,16 @@ def _setup_sentence(s: dict[str, Any], short: bool = False) -> str:
     sha = (s.get("movq_sha256") or "")[:12]
     movq = f"image MoVQ {s.get('movq')}" + (f" (sha256 {sha})" if sha else "")
     if short:
-        return (f"train {s.get('train_data')} ({s.get('train_frames')} frames); test {s.get('test_data')} "
-                f"({s.get('test_frames')} frames); {s.get('size')} px; {movq}")
+        return (
+            f"train {s.get('train_data')} ({s.get('train_frames')} frames); test {s.get('test_data')} "
+            f"({s.get('test_frames')} frames); {s.get('size')} px; {movq}"
+        )
     cap = f"capped at {s['test_cap']} by max_samples" if s.get("test_cap") else "every listed sequence"
-    return (f"fine-tuned on {s.get('train_data')}, {s.get('train_frames')}-frame clips; tested on "
-            f"{s.get('test_data')}, {s.get('test_frames')}-frame clips, n = {s.get('test_sequences')} sequences "
-            f"({cap}); crop {s.get('size')} px; {movq}")
+    return (
+        f"fine-tuned on {s.get('train_data')}, {s.get('train_frames')}-frame clips; tested on "
+        f"{s.get('test_data')}, {s.get('test_frames')}-frame clips, n = {s.get('test_sequences')} sequences "
+        f"({cap}); crop {s.get('size')} px; {movq}"
+    )
 
 
 def setup_lines(records: list[dict[str, Any]]) -> list[str]:
@@ -75,8 +88,9 @@ def setup_lines(records: list[dict[str, Any]]) -> list[str]:
     steps: dict[Any, list[str]] = {}
     for r in records:
         steps.setdefault((r.get("setup") or {}).get("steps"), []).append(r["label"])
-    step_text = "; ".join(str(k) if len(steps) == 1 else f"{k} ({v[0] if len(v) == 1 else f'{len(v)} rows'})"
-                          for k, v in steps.items())
+    step_text = "; ".join(
+        str(k) if len(steps) == 1 else f"{k} ({v[0] if len(v) == 1 else f'{len(v)} rows'})" for k, v in steps.items()
+    )
     presets = ", ".join(sorted({str(r.get("preset")) for r in records}))
     lines = ["", f"Setup: preset {presets}; training steps {step_text}."]
     for names, s in groups:
@@ -143,16 +157,25 @@ def render_tables(sw: Any, records: list[dict[str, Any]]) -> list[Path]:
     # Markdown
     lines = [f"# {sw.name}", ""]
     presets = sorted({r.get("preset") for r in records})
-    lines.append(f"Ours: preset {', '.join(map(str, presets))}; values are means over held-out samples with bootstrap "
-                 "95% confidence intervals in brackets. Paper: the published numbers (different data, weights and "
-                 "scale: compare the ordering of rows, not absolute values).")
+    lines.append(
+        f"Ours: preset {', '.join(map(str, presets))}; values are means over held-out samples with bootstrap "
+        "95% confidence intervals in brackets. Paper: the published numbers (different data, weights and "
+        "scale: compare the ordering of rows, not absolute values)."
+    )
     lines += setup_lines(records)
     if sw.paper_note:
         lines += ["", sw.paper_note.strip()]
     lines.append("")
     has_paper = any(r.get("paper") for r in records)  # no paper numbers at all: no paper columns
-    head = ["row", *short, *[f"{m} (ours)" for m in metrics], *[f"{m} (paper)" for m in metrics if has_paper],
-            "params (ours)", "params (paper preset)", *(["params (paper)"] if has_paper else [])]
+    head = [
+        "row",
+        *short,
+        *[f"{m} (ours)" for m in metrics],
+        *[f"{m} (paper)" for m in metrics if has_paper],
+        "params (ours)",
+        "params (paper preset)",
+        *(["params (paper)"] if has_paper else []),
+    ]
     lines.append("| " + " | ".join(head) + " |")
     lines.append("|" + "---|" * len(head))
     reasons: dict[str, str] = {}
@@ -183,9 +206,13 @@ def render_tables(sw: Any, records: list[dict[str, Any]]) -> list[Path]:
         lines += [f"- {r['label']}: `{r['checkpoint']}`" for r in given]
     samples = render_samples(records, out.with_name(out.name + "_samples"))
     if samples:
-        lines += ["", f"Samples side by side (first prompts, fixed seeds; columns: {', '.join(samples['columns'])}): "
-                  + ", ".join(f"[{p.name}]({p.name})" for p in samples["paths"]), "",
-                  f"![samples]({samples['paths'][0].name})"]
+        lines += [
+            "",
+            f"Samples side by side (first prompts, fixed seeds; columns: {', '.join(samples['columns'])}): "
+            + ", ".join(f"[{p.name}]({p.name})" for p in samples["paths"]),
+            "",
+            f"![samples]({samples['paths'][0].name})",
+        ]
     md_path = out.with_suffix(".md")
     atomic_write_text(md_path, _scrub("\n".join(lines) + "\n"))
 
@@ -219,8 +246,9 @@ def _fit_clips(clips: list[Any], n: int) -> list[Any]:
     for c in clips:
         c = c[:n]
         if c.shape[2:4] != (h, w):
-            c = np.stack([np.stack([np.asarray(Image.fromarray(f).resize((w, h), Image.NEAREST)) for f in v])
-                          for v in c])
+            c = np.stack(
+                [np.stack([np.asarray(Image.fromarray(f).resize((w, h), Image.NEAREST)) for f in v]) for v in c]
+            )
         if c.shape[1] < t:
             c = np.concatenate([c, np.repeat(c[:, -1:], t - c.shape[1], axis=1)], axis=1)
         out.append(c)
@@ -320,10 +348,20 @@ def _paired_section(sw: Any, records: list[dict[str, Any]]) -> list[str]:
     if not metrics:
         return []
     better = getattr(sw, "higher_is_better", {}) or {}
-    out = ["", f"Paired differences against **{ref['label']}** (same held-out samples; bootstrap 95% interval; "
-           "an interval that excludes 0 is a difference these samples resolve):", ""]
-    out.append("| row | " + " | ".join(f"Δ{m}" + (" (higher better)" if better.get(m) else " (lower better)"
-                                            if m in better else "") for m in metrics) + " |")
+    out = [
+        "",
+        f"Paired differences against **{ref['label']}** (same held-out samples; bootstrap 95% interval; "
+        "an interval that excludes 0 is a difference these samples resolve):",
+        "",
+    ]
+    out.append(
+        "| row | "
+        + " | ".join(
+            f"Δ{m}" + (" (higher better)" if better.get(m) else " (lower better)" if m in better else "")
+            for m in metrics
+        )
+        + " |"
+    )
     out.append("|" + "---|" * (len(metrics) + 1))
     for r in records:
         if r is ref:

@@ -133,12 +133,20 @@ def fit(cfg: DictConfig, *, extra_callbacks: list[Any] | None = None) -> RunResu
         save_on_train_epoch_end=True,
     )  # fmt: skip
     # periodic checkpoints replace the end-of-epoch ones in ModelCheckpoint: keep both
-    epoch_cbs = [
-        ModelCheckpoint(
-            dirpath=ckpt_dir, filename="{epoch}-{step}-end", save_last=True, every_n_epochs=1,
-            enable_version_counter=False, save_on_train_epoch_end=True,
-        )  # fmt: skip
-    ] if every else []
+    epoch_cbs = (
+        [
+            ModelCheckpoint(
+                dirpath=ckpt_dir,
+                filename="{epoch}-{step}-end",
+                save_last=True,
+                every_n_epochs=1,
+                enable_version_counter=False,
+                save_on_train_epoch_end=True,
+            )  # fmt: skip
+        ]
+        if every
+        else []
+    )
     callbacks = [
         ckpt_cb,
         *epoch_cbs,

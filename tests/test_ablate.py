@@ -191,8 +191,17 @@ def test_sweep_writes_tables_with_one_row_per_sweep_row(sweep_run) -> None:
     assert [r["row"] for r in rows] == ["image", "c311_temporal", "c311_attn_decoder"]
     from ff_lightning.reporting import SETUP_COLUMNS
 
-    expected = {"row", "variant", "policy", "params", "params_paper_preset", "params_paper", "n", "preset",
-                *SETUP_COLUMNS}
+    expected = {
+        "row",
+        "variant",
+        "policy",
+        "params",
+        "params_paper_preset",
+        "params_paper",
+        "n",
+        "preset",
+        *SETUP_COLUMNS,
+    }
     for m in METRICS:
         expected |= {m, f"{m}_ci_low", f"{m}_ci_high", f"{m}_paper"}
     assert set(rows[0]) == expected

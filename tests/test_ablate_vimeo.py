@@ -44,12 +44,21 @@ def folders(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 def _write_sweep(root: Path, *, out: str = "committed/table3") -> Path:
     """A 2-row decoder sweep (image as is, 3x1x1 temporal for 1 step) at 16 px; its MoVQ trains 2 steps."""
-    (root / "movq.yaml").write_text(yaml.safe_dump({
-        "base": str(REPO / "experiments" / "movq" / "tiny.yaml"),
-        "data": {"batch_size": 2, "max_samples": 4},
-        "trainer": {"max_steps": 2, "accelerator": "cpu", "enable_progress_bar": False, "limit_val_batches": 0.0},
-        "module": {"log_video_every_n_steps": 0},
-    }))
+    (root / "movq.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "base": str(REPO / "experiments" / "movq" / "tiny.yaml"),
+                "data": {"batch_size": 2, "max_samples": 4},
+                "trainer": {
+                    "max_steps": 2,
+                    "accelerator": "cpu",
+                    "enable_progress_bar": False,
+                    "limit_val_batches": 0.0,
+                },
+                "module": {"log_video_every_n_steps": 0},
+            }
+        )
+    )
     sweep = {
         "name": "t3vimeo",
         "experiment": str(REPO / "experiments" / "decoder" / "base.yaml"),
@@ -64,12 +73,19 @@ def _write_sweep(root: Path, *, out: str = "committed/table3") -> Path:
         "reference_row": "image",
         "aliases": {"steps": "trainer.max_steps", "movq_ckpt": "module.movq_ckpt", "preset": "model.preset"},
         "overrides": {
-            "data.size": [16, 16], "trainer.accelerator": "cpu", "trainer.enable_progress_bar": False,
-            "trainer.limit_val_batches": 0.0, "run.output_dir": str(root / "runs"), "module.log_video_every_n_steps": 0,
+            "data.size": [16, 16],
+            "trainer.accelerator": "cpu",
+            "trainer.enable_progress_bar": False,
+            "trainer.limit_val_batches": 0.0,
+            "run.output_dir": str(root / "runs"),
+            "module.log_video_every_n_steps": 0,
         },
         "rows": [
             {"name": "image", "set": {"model.variant": "image", "module.policy": "none", "trainer.max_steps": 0}},
-            {"name": "c311", "set": {"model.variant": "conv3x1x1", "module.policy": "temporal", "trainer.max_steps": 1}},
+            {
+                "name": "c311",
+                "set": {"model.variant": "conv3x1x1", "module.policy": "temporal", "trainer.max_steps": 1},
+            },
         ],
     }
     path = root / "sweep.yaml"
@@ -113,8 +129,14 @@ def test_septuplet_folder_end_to_end(which: str, folders: dict[str, Path], work:
     the setup in the table header, the tables in their own folder (not the sweep's committed output)."""
     folder = folders[which]
     path = _write_sweep(work)
-    argv = ["ablate", str(path), f"data.train.root={folder}", "data.train.num_frames=all",
-            f"data.test.root={folder}", "data.test.num_frames=all"]
+    argv = [
+        "ablate",
+        str(path),
+        f"data.train.root={folder}",
+        "data.train.num_frames=all",
+        f"data.test.root={folder}",
+        "data.test.num_frames=all",
+    ]
     assert main(argv) == 0
     (md_path,) = (work / "runs" / "ablations").glob("t3vimeo-*/table3.md")
     assert not (work / "committed").exists()
@@ -132,16 +154,25 @@ def test_septuplet_folder_end_to_end(which: str, folders: dict[str, Path], work:
     assert str(work) not in md and str(work) not in md_path.with_suffix(".csv").read_text()
 
 
-def test_paper_split_trains_on_8_frames_and_tests_on_septuplets(folders: dict[str, Path], work: Path,
-                                                                 data_cache: Path) -> None:
+def test_paper_split_trains_on_8_frames_and_tests_on_septuplets(
+    folders: dict[str, Path], work: Path, data_cache: Path
+) -> None:
     """The paper's protocol: fine-tuned on 8-frame clips of one source (bundled footage), scored on all 7 frames of
     every septuplet of another (the Vimeo folder's test list); the CSV records both."""
     import csv
 
     folder = folders["448x256"]
     path = _write_sweep(work)
-    records = ablate.run_sweep(path, [f"data.train.cache_dir={data_cache}", "data.train.max_samples=2",
-                                      f"data.test.root={folder}", "data.test.num_frames=all", "output=t3/split"])
+    records = ablate.run_sweep(
+        path,
+        [
+            f"data.train.cache_dir={data_cache}",
+            "data.train.max_samples=2",
+            f"data.test.root={folder}",
+            "data.test.num_frames=all",
+            "output=t3/split",
+        ],
+    )
     trained = records[1]
     assert trained["config"]["data"]["source"] == "bundled_septuplet" and trained["config"]["data"]["num_frames"] == 8
     assert trained["eval_data"]["source"] == "vimeo_septuplet" and trained["eval_data"]["num_frames"] == 7
@@ -185,8 +216,11 @@ def test_preflight_wrong_frame_count(folders: dict[str, Path], work: Path, capsy
     err = _fail_one_line(["ablate", str(path), f"data.train.root={folders['448x256']}"], capsys, monkeypatch)
     assert "clips of 8 frames" in err and "sequences have 7" in err and "TRAIN_FRAMES=7" in err
     train = [f"data.train.root={folders['448x256']}", "data.train.num_frames=all"]
-    err = _fail_one_line(["ablate", str(path), *train, f"data.test.root={folders['other']}", "data.test.num_frames=9"],
-                         capsys, monkeypatch)
+    err = _fail_one_line(
+        ["ablate", str(path), *train, f"data.test.root={folders['other']}", "data.test.num_frames=9"],
+        capsys,
+        monkeypatch,
+    )
     assert "test data" in err and "TEST_FRAMES=7" in err
 
 
@@ -196,8 +230,18 @@ def test_preflight_empty_test_list(folders: dict[str, Path], work: Path, capsys,
     empty = shutil.copytree(folders["other"], work / "emptylist")
     (empty / "sep_testlist.txt").write_text("")
     path = _write_sweep(work)
-    err = _fail_one_line(["ablate", str(path), f"data.train.root={folders['other']}", "data.train.num_frames=all",
-                          f"data.test.root={empty}", "data.test.num_frames=all"], capsys, monkeypatch)
+    err = _fail_one_line(
+        [
+            "ablate",
+            str(path),
+            f"data.train.root={folders['other']}",
+            "data.train.num_frames=all",
+            f"data.test.root={empty}",
+            "data.test.num_frames=all",
+        ],
+        capsys,
+        monkeypatch,
+    )
     assert "no test samples" in err or "no samples" in err, err
 
 
@@ -245,8 +289,15 @@ def test_unknown_make_variable_is_an_error(typo: str) -> None:
 
 def test_make_variables_reach_the_sweep() -> None:
     cmd = _command("ablate-decoder", "DATA=/d/vimeo", "STEPS=3", "ONLY=image,c311", "MAX_TEST=5")
-    for part in ("data.train.root=/d/vimeo", "data.train.num_frames=all", "data.test.root=/d/vimeo",
-                 "data.test.num_frames=all", "steps=3", "--only image --only c311", "data.test.max_samples=5"):
+    for part in (
+        "data.train.root=/d/vimeo",
+        "data.train.num_frames=all",
+        "data.test.root=/d/vimeo",
+        "data.test.num_frames=all",
+        "steps=3",
+        "--only image --only c311",
+        "data.test.max_samples=5",
+    ):
         assert part in cmd, (part, cmd)
     cmd = _command("ablate-decoder", "TRAIN_DATA=bundled", "TEST_DATA=/v", "TRAIN_FRAMES=8")
     assert "data.train.root=bundled data.train.num_frames=8 data.test.root=/v data.test.num_frames=all" in cmd
@@ -266,9 +317,9 @@ def test_flags_then_overrides_and_own_output(folders: dict[str, Path], work: Pat
     assert (work / "mine" / "t.csv").is_file() and not (work / "committed").exists()
 
 
-def test_second_run_waits_for_the_lock_and_reuses_the_row(folders: dict[str, Path], work: Path,
-                                                         monkeypatch: pytest.MonkeyPatch,
-                                                         caplog: pytest.LogCaptureFixture) -> None:
+def test_second_run_waits_for_the_lock_and_reuses_the_row(
+    folders: dict[str, Path], work: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
     """While another run holds a row's lock, a second run waits (saying so) and then takes the row from the cache
     that run wrote, instead of computing it again."""
     import logging

@@ -61,7 +61,9 @@ def test_main_writes_md_csv_png(bench: ModuleType, tmp_path: Path) -> None:
     assert float(ref[0]["speedup_vs_reference"]) > 0 and float(ref[0]["ref_peak_mem_mib"]) >= 0
     assert float(ref[0]["max_abs_diff_vs_reference"]) < 1e-4  # the same weights decode the same frames
     chunk_time = [r for r in rows if r["section"] == "chunk_time"]
-    assert [r["variant"] for r in chunk_time] == ["conv3x1x1"] and float(chunk_time[0]["time_ratio_chunked_vs_full"]) > 0
+    assert [r["variant"] for r in chunk_time] == ["conv3x1x1"] and float(
+        chunk_time[0]["time_ratio_chunked_vs_full"]
+    ) > 0
     md = paths["md"].read_text()
     assert "| variant | params (M) |" in md and "| conv3x1x1 | 4 |" in md
     assert "## Versus the frame-by-frame reference decode" in md and "## Chunked versus whole decode time" in md

@@ -123,8 +123,9 @@ def test_atomic_checkpoint_io_writes_atomically_and_durably(tmp_path: Path, monk
 
 
 @pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="needs /proc to name synced files")
-def test_ff_export_t2i_checkpoint(data_cache: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
-                                  monkeypatch: pytest.MonkeyPatch) -> None:
+def test_ff_export_t2i_checkpoint(
+    data_cache: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     cfg = load_config(
         REPO / "experiments" / "t2i" / "tiny.yaml",
         [

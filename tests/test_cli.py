@@ -42,7 +42,9 @@ def test_params_unknown_variant_exits_2(capsys: pytest.CaptureFixture[str]) -> N
 
 
 def test_train_rejects_bad_config_before_work(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    code = main(["train", str(ROOT / "experiments/decoder/base.yaml"), "trainer.max_stepz=1", f"run.output_dir={tmp_path}"])
+    code = main(
+        ["train", str(ROOT / "experiments/decoder/base.yaml"), "trainer.max_stepz=1", f"run.output_dir={tmp_path}"]
+    )
     assert code == 2
     assert "valid keys of trainer" in capsys.readouterr().err
     assert not any(tmp_path.iterdir())  # nothing was written
@@ -57,8 +59,13 @@ def test_print_config(capsys: pytest.CaptureFixture[str]) -> None:
 def test_train_fast_dev_run_on_bundled_data(tmp_path: Path, bundled_cache: Path) -> None:
     """`ff train` end to end (console-script path) on the bundled real footage with a tiny model."""
     cmd = [
-        *FF, "train", str(ROOT / "experiments/movq/tiny.yaml"), "trainer.fast_dev_run=true",
-        f"run.output_dir={tmp_path}", "data.batch_size=2", "trainer.enable_progress_bar=false",
+        *FF,
+        "train",
+        str(ROOT / "experiments/movq/tiny.yaml"),
+        "trainer.fast_dev_run=true",
+        f"run.output_dir={tmp_path}",
+        "data.batch_size=2",
+        "trainer.enable_progress_bar=false",
     ]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=_env(bundled_cache), timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -58,14 +58,29 @@ def _write_sweep(root: Path, cache: Path) -> Path:
         cache_dir=str(root / "rows"),
         reference_row=["layers", "a"],
         overrides={
-            "data.cache_dir": str(cache), "data.num_frames": FRAMES, "data.batch_size": 2, "data.max_samples": 4,
-            "data.max_val_samples": 4, "trainer.accelerator": "cpu", "trainer.devices": "1",
-            "trainer.enable_progress_bar": False, "trainer.limit_val_batches": 0, "trainer.log_every_n_steps": 1,
-            "optim.warmup_steps": 0, "optim.lr": 1e-3, "module.log_samples_every_n_steps": 0,
+            "data.cache_dir": str(cache),
+            "data.num_frames": FRAMES,
+            "data.batch_size": 2,
+            "data.max_samples": 4,
+            "data.max_val_samples": 4,
+            "trainer.accelerator": "cpu",
+            "trainer.devices": "1",
+            "trainer.enable_progress_bar": False,
+            "trainer.limit_val_batches": 0,
+            "trainer.log_every_n_steps": 1,
+            "optim.warmup_steps": 0,
+            "optim.lr": 1e-3,
+            "module.log_samples_every_n_steps": 0,
             "run.output_dir": str(root / "runs"),
         },  # fmt: skip
-        evaluate={"num_samples": 3, "batch_size": 2, "sample_steps": 2, "loss_timesteps": [100, 900],
-                  "fid_bootstrap": 20, "caption_accuracy": False},  # fmt: skip
+        evaluate={
+            "num_samples": 3,
+            "batch_size": 2,
+            "sample_steps": 2,
+            "loss_timesteps": [100, 900],
+            "fid_bootstrap": 20,
+            "caption_accuracy": False,
+        },  # fmt: skip
     )
     rows = {r["name"]: r for r in sweep["rows"]}
     rows["layers"]["set"]["trainer.max_steps"] = 1
@@ -93,7 +108,11 @@ def sweep_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, An
 
 def test_rows_trained_evaluated_and_rendered(sweep_run: dict[str, Any]) -> None:
     root, records = sweep_run["root"], sweep_run["records"]
-    assert [r["row"] for r in records] == ["layers", "blocks", "ref_blocks"]  # on-demand rows without checkpoints: not run
+    assert [r["row"] for r in records] == [
+        "layers",
+        "blocks",
+        "ref_blocks",
+    ]  # on-demand rows without checkpoints: not run
     models = sorted(p.name for p in (root / "ffcache" / "models").iterdir())
     assert [m.split("-")[0] for m in models] == ["movq", "t2i"]  # the prepare chain cached both
     for r in records:
@@ -146,6 +165,7 @@ def _refuse(*args: Any, **kwargs: Any) -> Any:
 
 def test_rerun_uses_the_caches(sweep_run: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("ff_lightning.train.fit", _refuse)
+
     def no_eval(module: Any, cfg: Any, *, options: Any = None, artifacts_dir: Any = None) -> Any:
         raise AssertionError("nothing should be evaluated again")
 

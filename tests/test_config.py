@@ -39,9 +39,15 @@ def test_base_chain_and_overrides(tmp_path: Path) -> None:
         (["foo=1"], "unknown key 'foo'; valid keys of the top level: data, model, module, optim, run, system, trainer"),
         (["module.polcy=temporal"], "unknown key 'module.polcy'; valid keys of module:"),
         (["trainer.max_steps=lots"], "trainer.max_steps"),
-        (["model.variant=conv9x9x9"], "unknown model.variant 'conv9x9x9' for component 'decoder'; valid choices: 2d_to_3d"),
+        (
+            ["model.variant=conv9x9x9"],
+            "unknown model.variant 'conv9x9x9' for component 'decoder'; valid choices: 2d_to_3d",
+        ),
         (["model.preset=huge"], "valid choices: paper, small, tiny"),
-        (["system=nope"], "unknown system 'nope'; valid choices: decoder, interpolation, keyframes, movq, reference_keyframes, t2i"),
+        (
+            ["system=nope"],
+            "unknown system 'nope'; valid choices: decoder, interpolation, keyframes, movq, reference_keyframes, t2i",
+        ),
         (["data.source=youtube"], "unknown data.source 'youtube'; valid choices:"),
     ],
 )

@@ -99,8 +99,13 @@ def test_ucf101_bad_labels_skipped_with_file_and_line(tmp_path: Path, caplog: py
     trainlist = lists / "trainlist01.txt"
     assert [p.split(": ", 1)[0] for p in train.annotation_problems] == [f"{trainlist}:{n}" for n in range(3, 8)]
     reasons = " | ".join(train.annotation_problems)
-    for fragment in ("'two' is not an integer", "label 0 is outside 1..2", "label 3 is outside 1..2",
-                     "label 1 is 'ApplyEyeMakeup' but the video is in the 'YoYo' folder", "'Unknown' is not in"):
+    for fragment in (
+        "'two' is not an integer",
+        "label 0 is outside 1..2",
+        "label 3 is outside 1..2",
+        "label 1 is 'ApplyEyeMakeup' but the video is in the 'YoYo' folder",
+        "'Unknown' is not in",
+    ):
         assert fragment in reasons
     assert len(_warnings(caplog)) == 1
     test = build_dataset(cfg, "test")

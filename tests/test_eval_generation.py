@@ -78,13 +78,29 @@ def test_generation_resumes_and_only_generates_missing_samples(tmp_path: Path) -
 
     first = Counting(inner, fail_after=2)  # batches of 3: samples 0..5 written, then interrupted
     with pytest.raises(KeyboardInterrupt):
-        generate_samples(store, NamedGenerator("test_noise", first, inner.identity), prompts, ids, seed=1,
-                         batch_size=3, header=header, progress=False)
+        generate_samples(
+            store,
+            NamedGenerator("test_noise", first, inner.identity),
+            prompts,
+            ids,
+            seed=1,
+            batch_size=3,
+            header=header,
+            progress=False,
+        )
     assert sorted(store.entries()) == list(range(6))
 
     second = Counting(inner)
-    rep = generate_samples(store, NamedGenerator("test_noise", second, inner.identity), prompts, ids, seed=1,
-                           batch_size=3, header=header, progress=False)
+    rep = generate_samples(
+        store,
+        NamedGenerator("test_noise", second, inner.identity),
+        prompts,
+        ids,
+        seed=1,
+        batch_size=3,
+        header=header,
+        progress=False,
+    )
     assert second.prompts == prompts[6:] and second.calls == 2
     assert (rep.reused, rep.generated, rep.calls) == (6, 4, 2)
     resumed = store.load(range(10))
@@ -94,8 +110,16 @@ def test_generation_resumes_and_only_generates_missing_samples(tmp_path: Path) -
     generate_samples(fresh, inner, prompts, ids, seed=1, batch_size=3, header=header, progress=False)
     assert torch.equal(resumed, fresh.load(range(10)))
     third = Counting(inner)
-    rep = generate_samples(store, NamedGenerator("test_noise", third, inner.identity), prompts, ids, seed=1,
-                           batch_size=3, header=header, progress=False)
+    rep = generate_samples(
+        store,
+        NamedGenerator("test_noise", third, inner.identity),
+        prompts,
+        ids,
+        seed=1,
+        batch_size=3,
+        header=header,
+        progress=False,
+    )
     assert third.calls == 0 and rep.reused == 10
     # stored as 8-bit: what the generator returned, quantised
     direct = inner(prompts[:3], batch_seed(1, 0))
@@ -107,13 +131,15 @@ def test_generation_resumes_and_only_generates_missing_samples(tmp_path: Path) -
         generate_samples(store, other, prompts, ids, seed=1, batch_size=3, header=header, progress=False)
     with pytest.raises(SampleStoreMismatch, match="--no-resume"):
         generate_samples(store, inner, prompts, ids, seed=2, batch_size=3, header=header, progress=False)
-    rep = generate_samples(store, other, prompts, ids, seed=1, batch_size=3, header=header, resume=False,
-                           progress=False)
+    rep = generate_samples(
+        store, other, prompts, ids, seed=1, batch_size=3, header=header, resume=False, progress=False
+    )
     assert rep.generated == 10 and rep.reused == 0
 
 
 def test_generator_output_is_checked(tmp_path: Path) -> None:
     bad = NamedGenerator("bad", lambda prompts, seed: torch.zeros(len(prompts), 4, 16, 16), {"name": "bad"})
     with pytest.raises(ValueError, match="must return \\(B=2, T, 3, H, W\\)"):
-        generate_samples(SampleStore(tmp_path), bad, ["a", "b"], ["a", "b"], seed=0, batch_size=2, header={},
-                         progress=False)
+        generate_samples(
+            SampleStore(tmp_path), bad, ["a", "b"], ["a", "b"], seed=0, batch_size=2, header={}, progress=False
+        )

@@ -20,8 +20,21 @@ from ff_lightning.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
 FRAMES = 2  # the model's frames; the UCF-101 protocol reads 16 (each frame repeated, marked not comparable)
-QUICK = ["--quiet", "--num-samples", "4", "--set", "generation.batch_size=2", "--set", "uncertainty.n_boot=20",
-         "--set", "uncertainty.n_boot_distribution=10", "--set", "uncertainty.repeats=1", "--sample-steps", "2"]
+QUICK = [
+    "--quiet",
+    "--num-samples",
+    "4",
+    "--set",
+    "generation.batch_size=2",
+    "--set",
+    "uncertainty.n_boot=20",
+    "--set",
+    "uncertainty.n_boot_distribution=10",
+    "--set",
+    "uncertainty.repeats=1",
+    "--sample-steps",
+    "2",
+]
 
 
 @pytest.fixture(autouse=True)
@@ -72,9 +85,9 @@ def _result(out: Path) -> tuple[Path, dict[str, Any]]:
     return path, json.loads(path.read_text())
 
 
-def test_ucf101_from_a_keyframe_checkpoint_is_resumable(keyframe_ckpt: dict[str, Any], tmp_path: Path,
-                                                        capsys: pytest.CaptureFixture[str],
-                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+def test_ucf101_from_a_keyframe_checkpoint_is_resumable(
+    keyframe_ckpt: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     from ff_lightning.ablate import _load_checkpoint, _read_checkpoint
     from ff_lightning.config import compose
     from ff_lightning.data.fixtures import write_ucf_layout
@@ -91,14 +104,16 @@ def test_ucf101_from_a_keyframe_checkpoint_is_resumable(keyframe_ckpt: dict[str,
     err = capsys.readouterr().err
     assert "conv3d_deepnetA_ucf.npz" in err and "i3d_torchscript.pt" in err and "--allow-missing" in err
     assert "--data-root UCF101_ROOT" in err and "crcv.ucf.edu/data/UCF101.php" in err
-    assert main([*base[:-len(QUICK)], "--data-root", str(tmp_path), *QUICK]) == 2  # a root without the split lists
+    assert main([*base[: -len(QUICK)], "--data-root", str(tmp_path), *QUICK]) == 2  # a root without the split lists
     assert f"{tmp_path / 'ucfTrainTestlist' / 'classInd.txt'} not found" in capsys.readouterr().err
     assert not (out / "samples").exists() or not list((out / "samples").glob("*.npz"))
     assert main([*base, "--allow-missing", "--out", str(tmp_path / "partial")]) == 0
     _, partial = _result(tmp_path / "partial")
     assert partial["allow_missing"] and partial["samples"]["generated"] == 4
-    assert all(partial["metrics"][m]["value"] is None and "run with allow_missing" in partial["metrics"][m]["reason"]
-               for m in ("is", "fvd"))
+    assert all(
+        partial["metrics"][m]["value"] is None and "run with allow_missing" in partial["metrics"][m]["reason"]
+        for m in ("is", "fvd")
+    )
 
     c3d = _script(TinyC3D(), tmp_path / "c3d.pt", 0)
     i3d = _script(TinyI3D(), tmp_path / "i3d.pt", 1)
@@ -154,23 +169,36 @@ def test_ucf101_from_a_keyframe_checkpoint_is_resumable(keyframe_ckpt: dict[str,
     assert r3["metrics"]["is"]["value"] == pytest.approx(r["metrics"]["is"]["value"], rel=1e-12)
 
 
-def test_msrvtt_from_a_keyframe_checkpoint_and_compare(keyframe_ckpt: dict[str, Any], tmp_path: Path,
-                                                       monkeypatch: pytest.MonkeyPatch,
-                                                       capsys: pytest.CaptureFixture[str]) -> None:
+def test_msrvtt_from_a_keyframe_checkpoint_and_compare(
+    keyframe_ckpt: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     import ff_lightning.evaluation.evaluators as evaluators
     from ff_lightning.data.fixtures import write_msrvtt_layout
 
     monkeypatch.setattr(evaluators, "OpenClipScorer", lambda path, device: TinyClip(path))  # file still hashed
     ckpt = keyframe_ckpt["ckpt"]
-    msr = write_msrvtt_layout(tmp_path / "msr", video_ids=(1, 7010, 7011, 7012, 7013), captions_per_video=2,
-                              num_frames=4)
+    msr = write_msrvtt_layout(
+        tmp_path / "msr", video_ids=(1, 7010, 7011, 7012, 7013), captions_per_video=2, num_frames=4
+    )
     clip = tmp_path / "open_clip_pytorch_model.bin"
     clip.write_bytes(b"stand-in clip weights")
     results = []
     for extra in ([], ["--guidance-weight", "0"]):
         out = tmp_path / f"msr{len(results)}"
-        argv = ["eval", "msrvtt", "--keyframes", str(ckpt), "--data-root", str(msr), "--clip", str(clip),
-                "--out", str(out), *QUICK, *extra]
+        argv = [
+            "eval",
+            "msrvtt",
+            "--keyframes",
+            str(ckpt),
+            "--data-root",
+            str(msr),
+            "--clip",
+            str(clip),
+            "--out",
+            str(out),
+            *QUICK,
+            *extra,
+        ]
         assert main(argv) == 0
         path, r = _result(out)
         results.append(path)
@@ -194,12 +222,14 @@ def test_msrvtt_from_a_keyframe_checkpoint_and_compare(keyframe_ckpt: dict[str, 
     assert "paired B - A" in text and "n=4" in line
 
 
-def test_not_a_keyframe_checkpoint_is_a_clear_error(keyframe_ckpt: dict[str, Any], tmp_path: Path,
-                                                    capsys: pytest.CaptureFixture[str]) -> None:
+def test_not_a_keyframe_checkpoint_is_a_clear_error(
+    keyframe_ckpt: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     base = ["eval", "ucf101", "--out", str(tmp_path / "o"), *QUICK, "--allow-missing", "--keyframes"]
     decoder = tmp_path / "decoder.ckpt"
-    torch.save({"state_dict": {"decoder.w": torch.zeros(1)}, "hyper_parameters": {"config": {"system": "decoder"}}},
-               decoder)
+    torch.save(
+        {"state_dict": {"decoder.w": torch.zeros(1)}, "hyper_parameters": {"config": {"system": "decoder"}}}, decoder
+    )
     assert main([*base, str(decoder)]) == 2
     assert "checkpoint of the 'decoder' system" in capsys.readouterr().err
 

@@ -21,8 +21,14 @@ from ff_lightning.evaluation.tables import render_table1
 from ff_lightning.evaluation.ucf101 import evaluate_ucf101
 from ff_lightning.metrics.weights import WeightsChecksumError, WeightsUnavailable
 
-SMALL = ["num_samples=4", "generation.size=[16,16]", "generation.batch_size=2", "uncertainty.n_boot=50",
-         "uncertainty.n_boot_distribution=20", "uncertainty.repeats=2"]
+SMALL = [
+    "num_samples=4",
+    "generation.size=[16,16]",
+    "generation.batch_size=2",
+    "uncertainty.n_boot=50",
+    "uncertainty.n_boot_distribution=20",
+    "uncertainty.repeats=2",
+]
 
 
 @pytest.fixture(autouse=True)
@@ -50,8 +56,9 @@ class TinyI3D(nn.Module):
         super().__init__()
         self.proj = nn.Linear(6, 6)
 
-    def forward(self, x: torch.Tensor, rescale: bool = False, resize: bool = False,
-                return_features: bool = True) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, rescale: bool = False, resize: bool = False, return_features: bool = True
+    ) -> torch.Tensor:
         return self.proj(torch.cat([x.mean(dim=(2, 3, 4)), x.std(dim=(2, 3, 4))], dim=1))
 
 
@@ -77,18 +84,24 @@ def ucf_root(tmp_path: Path) -> Path:
     return write_ucf_layout(tmp_path / "ucf", classes=("ApplyEyeMakeup", "YoYo"), num_frames=16)
 
 
-def test_ucf101_end_to_end_records_weights_and_flags_a_changed_file(tmp_path: Path, ucf_root: Path,
-                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+def test_ucf101_end_to_end_records_weights_and_flags_a_changed_file(
+    tmp_path: Path, ucf_root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     c3d = _script(TinyC3D(), tmp_path / "c3d_tiny.pt", 0)
     i3d = _script(TinyI3D(), tmp_path / "i3d_tiny.pt", 1)
     # TorchScript files run code when loaded: refused until their hashes are pinned
-    opts0 = RunOptions(out=tmp_path / "run0", data_root=str(ucf_root), progress=False,
-                       weights={"is_c3d": str(c3d), "fvd_i3d": str(i3d)})
+    opts0 = RunOptions(
+        out=tmp_path / "run0",
+        data_root=str(ucf_root),
+        progress=False,
+        weights={"is_c3d": str(c3d), "fvd_i3d": str(i3d)},
+    )
     with pytest.raises(WeightsChecksumError, match="FF_WEIGHTS_PINS=c3d_ucf101="):
         evaluate_ucf101("test_noise", overrides=SMALL, options=opts0)
     pin_files(monkeypatch, c3d_ucf101=c3d, i3d_torchscript=i3d)
-    opts = RunOptions(out=tmp_path / "run", data_root=str(ucf_root), weights={"is_c3d": str(c3d), "fvd_i3d": str(i3d)},
-                      progress=False)
+    opts = RunOptions(
+        out=tmp_path / "run", data_root=str(ucf_root), weights={"is_c3d": str(c3d), "fvd_i3d": str(i3d)}, progress=False
+    )
     out = evaluate_ucf101("test_noise", overrides=SMALL, options=opts)
     assert out.path == tmp_path / "run" / "test_noise.json"
     r = load_result(out.path)
@@ -126,9 +139,9 @@ def test_ucf101_end_to_end_records_weights_and_flags_a_changed_file(tmp_path: Pa
     assert r2["reference"]["fvd"]["reused_cache"] and r2["metrics"]["fvd"]["value"] == r["metrics"]["fvd"]["value"]
 
 
-def test_missing_weights_fail_before_generation_unless_optional(tmp_path: Path, ucf_root: Path,
-                                                                capsys: pytest.CaptureFixture[str],
-                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+def test_missing_weights_fail_before_generation_unless_optional(
+    tmp_path: Path, ucf_root: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     opts = RunOptions(out=tmp_path / "run", data_root=str(ucf_root), progress=False)
     with pytest.raises(WeightsUnavailable) as e:
         evaluate_ucf101("test_noise", overrides=SMALL, options=opts)
@@ -139,8 +152,20 @@ def test_missing_weights_fail_before_generation_unless_optional(tmp_path: Path, 
     # the same through the CLI: exit code 2 and the message
     parser = argparse.ArgumentParser()
     add_eval_parser(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(["eval", "ucf101", "--generator", "test_noise", "--data-root", str(ucf_root),
-                              "--out", str(tmp_path / "cli"), "--quiet", *[f"--set={s}" for s in SMALL]])
+    args = parser.parse_args(
+        [
+            "eval",
+            "ucf101",
+            "--generator",
+            "test_noise",
+            "--data-root",
+            str(ucf_root),
+            "--out",
+            str(tmp_path / "cli"),
+            "--quiet",
+            *[f"--set={s}" for s in SMALL],
+        ]
+    )
     assert args.fn(args) == 2
     assert "conv3d_deepnetA_ucf.npz" in capsys.readouterr().err
 
@@ -155,8 +180,11 @@ def test_missing_weights_fail_before_generation_unless_optional(tmp_path: Path, 
 
     # FVD without the dataset root: a clear error
     with pytest.raises(FileNotFoundError, match="--data-root"):
-        evaluate_ucf101("test_noise", overrides=[*SMALL, "metrics.is.optional=true"],
-                        options=RunOptions(out=tmp_path / "r3", weights={"fvd_i3d": str(i3d)}, progress=False))
+        evaluate_ucf101(
+            "test_noise",
+            overrides=[*SMALL, "metrics.is.optional=true"],
+            options=RunOptions(out=tmp_path / "r3", weights={"fvd_i3d": str(i3d)}, progress=False),
+        )
 
 
 class TinyClip:
@@ -174,12 +202,16 @@ class TinyClip:
 
 
 def test_msrvtt_clipsim_with_an_injected_clip(tmp_path: Path) -> None:
-    root = write_msrvtt_layout(tmp_path / "msr", video_ids=(0, 1, 7010, 7011, 7012), captions_per_video=2,
-                               num_frames=4)
+    root = write_msrvtt_layout(tmp_path / "msr", video_ids=(0, 1, 7010, 7011, 7012), captions_per_video=2, num_frames=4)
     clip_file = tmp_path / "open_clip_pytorch_model.bin"
     clip_file.write_bytes(b"stand-in weights")
-    opts = RunOptions(out=tmp_path / "run", data_root=str(root), weights={"clipsim": str(clip_file)},
-                      hooks={"clipsim": TinyClip}, progress=False)
+    opts = RunOptions(
+        out=tmp_path / "run",
+        data_root=str(root),
+        weights={"clipsim": str(clip_file)},
+        hooks={"clipsim": TinyClip},
+        progress=False,
+    )
     with pytest.raises(ValueError, match="asks for 2990 captions"):
         evaluate_msrvtt("test_shapes", options=opts)
     out = evaluate_msrvtt("test_shapes", overrides=["num_samples=3", "generation.size=[16,16]"], options=opts)
@@ -210,8 +242,9 @@ class TinyShapes(nn.Module):
         return torch.stack([x[:, 0].mean(dim=(1, 2, 3)), x[:, 2].mean(dim=(1, 2, 3))], dim=1) * 10
 
 
-def test_offline_cli_compare_and_table(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                       capsys: pytest.CaptureFixture[str]) -> None:
+def test_offline_cli_compare_and_table(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     import ff_lightning.evaluation.shapes_classifier as sc
     import ff_lightning.metrics.inception as inc
 
@@ -224,9 +257,25 @@ def test_offline_cli_compare_and_table(tmp_path: Path, monkeypatch: pytest.Monke
     add_eval_parser(parser.add_subparsers(dest="command"))
     results = []
     for gen in ("test_noise", "test_shapes"):
-        args = parser.parse_args(["eval", "offline", "--generator", gen, "--data-root", str(root), "--out",
-                                  str(tmp_path / gen), "--shapes-classifier", str(cls_file), "--quiet",
-                                  "--num-samples", "6", "--set", "uncertainty.n_boot_distribution=10"])
+        args = parser.parse_args(
+            [
+                "eval",
+                "offline",
+                "--generator",
+                gen,
+                "--data-root",
+                str(root),
+                "--out",
+                str(tmp_path / gen),
+                "--shapes-classifier",
+                str(cls_file),
+                "--quiet",
+                "--num-samples",
+                "6",
+                "--set",
+                "uncertainty.n_boot_distribution=10",
+            ]
+        )
         assert args.fn(args) == 0
         results.append(tmp_path / gen / f"{gen}.json")
     printed = capsys.readouterr().out
@@ -245,13 +294,27 @@ def test_offline_cli_compare_and_table(tmp_path: Path, monkeypatch: pytest.Monke
     assert args.fn(args) == 0 and "shapes_acc" in capsys.readouterr().out
 
     # Table 1: the paper's rows beside ours (a fake comparable UCF + MSR-VTT pair merged by run name)
-    ucf = {"benchmark": "ucf101", "run_name": "mine", "comparable_to_paper": True, "num_samples": 2048,
-           "protocol": {"full_name": "ucf101_zeroshot_v1"}, "generator": {"name": "ckpt"},
-           "metrics": {"is": {"value": 20.5, "ci_low": 20.0, "ci_high": 21.0},
-                       "fvd": {"value": None, "reason": "no I3D file"}}}
-    msr = {"benchmark": "msrvtt", "run_name": "mine", "comparable_to_paper": True, "num_samples": 2990,
-           "protocol": {"full_name": "msrvtt_clipsim_v1"}, "generator": {"name": "ckpt"},
-           "metrics": {"clipsim": {"value": 0.29, "ci_low": 0.288, "ci_high": 0.292}}}
+    ucf = {
+        "benchmark": "ucf101",
+        "run_name": "mine",
+        "comparable_to_paper": True,
+        "num_samples": 2048,
+        "protocol": {"full_name": "ucf101_zeroshot_v1"},
+        "generator": {"name": "ckpt"},
+        "metrics": {
+            "is": {"value": 20.5, "ci_low": 20.0, "ci_high": 21.0},
+            "fvd": {"value": None, "reason": "no I3D file"},
+        },
+    }
+    msr = {
+        "benchmark": "msrvtt",
+        "run_name": "mine",
+        "comparable_to_paper": True,
+        "num_samples": 2990,
+        "protocol": {"full_name": "msrvtt_clipsim_v1"},
+        "generator": {"name": "ckpt"},
+        "metrics": {"clipsim": {"value": 0.29, "ci_low": 0.288, "ci_high": 0.292}},
+    }
     md, csv_path, png = render_table1([ucf, msr, b], tmp_path / "t1")
     text = md.read_text()
     assert "| Make-A-Video | 33.000 | 367.230 | 0.3049 | paper |" in text

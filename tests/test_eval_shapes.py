@@ -22,8 +22,9 @@ def test_classifier_shapes_and_round_trip(tmp_path: Path) -> None:
     model = ShapesClassifier(12).eval()
     assert model(x).shape == (2, 12)
     path = tmp_path / "c.safetensors"
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path),
-              metadata={"real_test_accuracy": "0.9"})
+    save_file(
+        {k: v.contiguous() for k, v in model.state_dict().items()}, str(path), metadata={"real_test_accuracy": "0.9"}
+    )
     loaded = load_shapes_classifier(path)
     torch.testing.assert_close(loaded(x), model(x))
     assert real_accuracy_of(path) == 0.9

@@ -122,7 +122,7 @@ def test_occlusion_weights_go_to_the_visible_side() -> None:
     revealed_in_1 = (rows, slice(a, a + size))  # background of frame 1 that the square covered in frame 0
     assert float(v0[0, 0][hidden_in_1].max()) < 0.05
     assert float(v1[0, 0][revealed_in_1].max()) < 0.05
-    assert float(v0[0, 0][:, : a].min()) > 0.95 and float(v0[0, 0][rows, a : a + size].min()) > 0.95
+    assert float(v0[0, 0][:, :a].min()) > 0.95 and float(v0[0, 0][rows, a : a + size].min()) > 0.95
     # the blend weight of frame 1 at t = 1/2: constant frames 0 and 1 make the output equal to that weight
     arm = FlowInterpolator(FarnebackFlow())
     w1 = arm.middle_frames(torch.zeros(1, 1, 24, 40), torch.ones(1, 1, 24, 40), f01, f10)[0, 1, 0]
@@ -152,7 +152,9 @@ def test_frame_count_equals_the_diffusion_interpolators(fusionframes: FusionFram
     step = 4**passes
     torch.testing.assert_close(flow_seq[:, ::step], keys)  # keyframes kept, at the same positions
     if passes == 1:  # the diffusion arms' interpolate_once arguments are accepted (and ignored): arms swap
-        once = FlowInterpolator(FarnebackFlow()).interpolate_once(keys, null, sampling, skip_frames=1, guidance_weight=0.25)
+        once = FlowInterpolator(FarnebackFlow()).interpolate_once(
+            keys, null, sampling, skip_frames=1, guidance_weight=0.25
+        )
         torch.testing.assert_close(once, flow_seq)
 
 

@@ -166,8 +166,9 @@ def _cli_video(ckpts: dict[str, Path], out: Path, *extra: str) -> np.ndarray:
     ("flag", "a", "b"),
     [("--guidance", "1", "8"), ("--tp", "0", "100"), ("--skip", "1", "3"), ("--interp-guidance", "0", "3")],
 )
-def test_cli_sampling_flags_change_the_video(flag: str, a: str, b: str, live_ckpts: dict[str, Path],
-                                             tmp_path: Path) -> None:
+def test_cli_sampling_flags_change_the_video(
+    flag: str, a: str, b: str, live_ckpts: dict[str, Path], tmp_path: Path
+) -> None:
     """Black box: the same command twice gives the same video; changing one sampling flag changes it (a flag the
     CLI drops or the pipeline ignores leaves the video identical)."""
     va = _cli_video(live_ckpts, tmp_path / "a.mp4", flag, a)
@@ -199,13 +200,15 @@ def test_known_colours_survive_mp4_and_gif(tmp_path: Path) -> None:
             assert np.abs(c - want).max() < 40, (i, c)
 
 
-def test_cli_video_keeps_the_channel_order_of_the_generated_frames(live_ckpts: dict[str, Path],
-                                                                   tmp_path: Path) -> None:
+def test_cli_video_keeps_the_channel_order_of_the_generated_frames(live_ckpts: dict[str, Path], tmp_path: Path) -> None:
     """The mp4 written by ``ff generate`` has the per-channel means of the frames the pipeline generated."""
     video = _cli_video(live_ckpts, tmp_path / "v.mp4", "--tp", "0")
     stages = load_stages(live_ckpts["keyframes"], live_ckpts["interpolation"], live_ckpts["decoder"])
-    r = generate_video(stages, "a yellow circle moving right quickly",
-                       GenerateOptions(seed=3, steps=2, interp_steps=2, perturbation=0, progress=False))
+    r = generate_video(
+        stages,
+        "a yellow circle moving right quickly",
+        GenerateOptions(seed=3, steps=2, interp_steps=2, perturbation=0, progress=False),
+    )
     want = ((r.frames.clamp(-1, 1) + 1) * 127.5).mean(dim=(0, 2, 3)).numpy()  # R, G, B
     got = video.reshape(-1, 3).mean(axis=0)
     assert np.abs(want[0] - want[2]) > 4  # the test can tell red from blue

@@ -60,7 +60,9 @@ def test_release_layout_matches_the_manifests_at_the_paper_preset() -> None:
     assert "encoder.norm_out.norm_layer.weight" in kv10["movq"] and "encoder.mid.attn_1.norm.norm_layer.bias" in wrapped
     video = {k[len("decoder.") :]: s for k, s in kv11["video_movq"].items() if k.startswith("decoder.")}
     assert video == _manifest("video_movq_decoder_conv3x3x3_attn")
-    assert {k for k in kv11["video_movq"] if k.startswith("encoder.")} == {k for k in wrapped if k.startswith("encoder.")}
+    assert {k for k in kv11["video_movq"] if k.startswith("encoder.")} == {
+        k for k in wrapped if k.startswith("encoder.")
+    }
 
 
 # ------------------------------------------------------------------------------------------------- MoVQ file
@@ -189,8 +191,9 @@ def test_import_kv11_video_decoder_reproduces_the_interop_loader(tmp_path: Path)
     dec = load_stage("decoder", out / "decoder")
     video = src / "weights" / "video_movq.pt"
     ref = load_video_decoder(video, preset="tiny").eval()
-    ref_movq = load_weights(build("movq", "movqgan", "tiny"), video, missing_ok=("quantize.", "decoder."),
-                            ignore_prefixes=("decoder.",))  # encoder + 1x1 convs of the same file
+    ref_movq = load_weights(
+        build("movq", "movqgan", "tiny"), video, missing_ok=("quantize.", "decoder."), ignore_prefixes=("decoder.",)
+    )  # encoder + 1x1 convs of the same file
     g = torch.Generator().manual_seed(2)
     frames = torch.rand(4, 3, 16, 16, generator=g) * 2 - 1
     with torch.no_grad():

@@ -109,7 +109,9 @@ def test_starts_from_a_t2i_checkpoint(cache: Path, tmp_path: Path) -> None:
         overrides = _overrides(cache, tmp_path, "module.allow_random_t2i=false", f"module.t2i_ckpt={t2i}", *extra)
         return build_system(load_config(ROOT / "experiments/interpolation/masked.yaml", overrides))
 
-    with pytest.raises(ConfigError, match=r"t2i\.pt has no null embedding .*random and frozen.*train_null_embedding=true"):
+    with pytest.raises(
+        ConfigError, match=r"t2i\.pt has no null embedding .*random and frozen.*train_null_embedding=true"
+    ):
         build(path)
     module = build(path, "module.train_null_embedding=true")
     state = module.unet.state_dict()

@@ -264,12 +264,14 @@ def test_psnr_and_ssim_agree_with_torchmetrics() -> None:
     pred, target = _pair((2, 3, 3, 24, 28), seed=5)
     frames_p, frames_t = pred.flatten(0, 1).float(), target.flatten(0, 1).float()
     tm_psnr = peak_signal_noise_ratio(frames_p, frames_t, data_range=1.0, reduction="none", dim=(1, 2, 3))
-    torch.testing.assert_close(MF.psnr(pred, target, reduction="frames").flatten(), tm_psnr.double(),
-                               rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(
+        MF.psnr(pred, target, reduction="frames").flatten(), tm_psnr.double(), rtol=1e-5, atol=1e-4
+    )
     # torchmetrics averages the SSIM map over the whole (reflect-padded) frame; ours (and scikit-image) over the
     # valid region, where the window lies inside the frame: its full map cropped by the window radius (5) is ours
-    _, full = structural_similarity_index_measure(frames_p.double(), frames_t.double(), data_range=1.0,
-                                                  reduction="none", return_full_image=True)
+    _, full = structural_similarity_index_measure(
+        frames_p.double(), frames_t.double(), data_range=1.0, reduction="none", return_full_image=True
+    )
     valid = full[..., 5:-5, 5:-5].mean(dim=(1, 2, 3))
     torch.testing.assert_close(MF.ssim(pred, target, reduction="frames").flatten(), valid, rtol=1e-9, atol=1e-9)
 
@@ -282,6 +284,7 @@ def test_frechet_distance_agrees_with_torch_fidelity() -> None:
     a, b = g.normal(size=(300, 24)), g.normal(loc=0.3, scale=1.4, size=(200, 24)) @ g.normal(size=(24, 24)) / 5
     (mu1, s1), (mu2, s2) = MF.feature_statistics(torch.from_numpy(a)), MF.feature_statistics(torch.from_numpy(b))
     ours = float(MF.frechet_distance(mu1, s1, mu2, s2))
-    theirs = fid_statistics_to_metric({"mu": mu1.numpy(), "sigma": s1.numpy()},
-                                      {"mu": mu2.numpy(), "sigma": s2.numpy()}, False)["frechet_inception_distance"]
+    theirs = fid_statistics_to_metric(
+        {"mu": mu1.numpy(), "sigma": s1.numpy()}, {"mu": mu2.numpy(), "sigma": s2.numpy()}, False
+    )["frechet_inception_distance"]
     assert ours == pytest.approx(theirs, rel=1e-6)

@@ -198,8 +198,12 @@ def _conv3d_same_reference(x: np.ndarray, w: np.ndarray, stride: tuple[int, int,
     for t in range(outs[0]):
         for i in range(outs[1]):
             for j in range(outs[2]):
-                patch = xp[:, t * stride[0] : t * stride[0] + k[0], i * stride[1] : i * stride[1] + k[1],
-                           j * stride[2] : j * stride[2] + k[2]]
+                patch = xp[
+                    :,
+                    t * stride[0] : t * stride[0] + k[0],
+                    i * stride[1] : i * stride[1] + k[1],
+                    j * stride[2] : j * stride[2] + k[2],
+                ]
                 y[:, t, i, j] = np.tensordot(w, patch, axes=([1, 2, 3, 4], [0, 1, 2, 3]))
     return y
 
@@ -251,8 +255,16 @@ def test_c3d_forward_matches_a_reference_written_from_the_caffe_layout() -> None
     x = torch.randn(1, 3, 16, 112, 112)
     sd = model.state_dict()
     h = x
-    for name, pool in (("conv1a", (1, 2, 2)), ("conv2a", (2, 2, 2)), ("conv3a", None), ("conv3b", (2, 2, 2)),
-                       ("conv4a", None), ("conv4b", (2, 2, 2)), ("conv5a", None), ("conv5b", (2, 2, 2))):
+    for name, pool in (
+        ("conv1a", (1, 2, 2)),
+        ("conv2a", (2, 2, 2)),
+        ("conv3a", None),
+        ("conv3b", (2, 2, 2)),
+        ("conv4a", None),
+        ("conv4b", (2, 2, 2)),
+        ("conv5a", None),
+        ("conv5b", (2, 2, 2)),
+    ):
         h = F.relu(F.conv3d(h, sd[f"{name}.weight"], sd[f"{name}.bias"], padding=1))
         if pool is not None:
             pads = []

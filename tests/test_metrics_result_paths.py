@@ -16,10 +16,14 @@ REPO = Path(__file__).resolve().parents[1]
 def test_portable_text_maps_cache_repo_and_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("FF_CACHE_DIR", str(tmp_path / "cache"))
     home = Path.home()
-    text = (f"weights at {tmp_path / 'cache' / 'weights' / 'i3d.pt'}; protocol {REPO / 'experiments' / 'x.yaml'}; "
-            f"torch hub {home / '.cache' / 'torch' / 'a.pth'}; other /opt/data/b.npz")
-    assert portable_text(text) == ("weights at $FF_CACHE_DIR/weights/i3d.pt; protocol experiments/x.yaml; "
-                                   "torch hub ~/.cache/torch/a.pth; other /opt/data/b.npz")
+    text = (
+        f"weights at {tmp_path / 'cache' / 'weights' / 'i3d.pt'}; protocol {REPO / 'experiments' / 'x.yaml'}; "
+        f"torch hub {home / '.cache' / 'torch' / 'a.pth'}; other /opt/data/b.npz"
+    )
+    assert portable_text(text) == (
+        "weights at $FF_CACHE_DIR/weights/i3d.pt; protocol experiments/x.yaml; "
+        "torch hub ~/.cache/torch/a.pth; other /opt/data/b.npz"
+    )
 
 
 def test_write_result_holds_no_machine_folders(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

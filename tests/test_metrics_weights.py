@@ -153,8 +153,9 @@ def test_code_running_files_need_a_pin(tmp_path: Path, monkeypatch: pytest.Monke
     from ff_lightning.metrics.i3d import load_i3d_torchscript
 
     class Det(torch.nn.Module):
-        def forward(self, x: torch.Tensor, rescale: bool = False, resize: bool = False,
-                    return_features: bool = True) -> torch.Tensor:
+        def forward(
+            self, x: torch.Tensor, rescale: bool = False, resize: bool = False, return_features: bool = True
+        ) -> torch.Tensor:
             return x.mean(dim=(2, 3, 4))
 
     f = tmp_path / "i3d_torchscript.pt"

@@ -166,7 +166,7 @@ def test_kandinsky_video_layout_built_by_hand_loads(movq: torch.nn.Module, tmp_p
                 p.copy_(torch.randn(p.shape, generator=torch.Generator().manual_seed(len(name))) * 0.05)
     state = _kandinsky_video_layout(video)
     assert "decoder.mid.block_1.temporal_merge1" in state and "encoder.norm_out.norm_layer.weight" in state
-    assert {k[len("decoder."):] for k in state if k.startswith("decoder.mid.")} <= released
+    assert {k[len("decoder.") :] for k in state if k.startswith("decoder.mid.")} <= released
     path = tmp_path / "video_movq.pt"
     torch.save(state, path)
     decoder = load_video_decoder(path, "conv3x1x1", preset="tiny", attn_zq_first_frame=False).eval()

@@ -44,8 +44,9 @@ def test_notebook_executes(path: Path, tmp_path: Path, monkeypatch: pytest.Monke
     monkeypatch.setenv("FF_SAMPLES_STEPS", "2")
     monkeypatch.setenv("TMPDIR", str(tmp_path))
     nb = nbformat.read(path, as_version=4)
-    client = NotebookClient(nb, timeout=300, kernel_name="python3", allow_errors=True,
-                            resources={"metadata": {"path": str(ROOT)}})
+    client = NotebookClient(
+        nb, timeout=300, kernel_name="python3", allow_errors=True, resources={"metadata": {"path": str(ROOT)}}
+    )
     client.execute()
     code_cells = [c for c in nb.cells if c.cell_type == "code"]
     assert all(c.get("execution_count") for c in code_cells), "not every code cell ran"

@@ -79,7 +79,9 @@ def test_zero_initialised_reference_leaves_the_output_unchanged(image_unet: Kand
         for frames in (None, 2, torch.tensor([[1, 1, 0], [0, 0, 0]])):  # frame 0, frame 2, some frames / none
             reference = torch.randn(B, 4, HW, HW, generator=g) * 3
             level = torch.tensor([0.0, 250.0])
-            outs.append(ref(x, time, context, mask, reference=reference, reference_frames=frames, reference_level=level))
+            outs.append(
+                ref(x, time, context, mask, reference=reference, reference_frames=frames, reference_level=level)
+            )
     for out in outs:
         torch.testing.assert_close(out, expected, rtol=0, atol=1e-6)
     with pytest.raises(ValueError, match="takes no reference"):
@@ -225,7 +227,10 @@ def test_training_reference_is_a_real_frame_noise_augmented_or_dropped(tmp_path:
     assert torch.equal(extras["reference_level"], torch.zeros(3))
     module.m.reference_noise_levels = [300, 300]
     noisy = module.unet_extras(x0, 3, torch.Generator().manual_seed(0))  # validation: seeded, never dropped
-    a, s = module.schedule.alpha_bar(torch.tensor(300)).sqrt(), (1 - module.schedule.alpha_bar(torch.tensor(300))).sqrt()
+    a, s = (
+        module.schedule.alpha_bar(torch.tensor(300)).sqrt(),
+        (1 - module.schedule.alpha_bar(torch.tensor(300))).sqrt(),
+    )
     eps = (noisy["reference"] - a * x0.view(3, 2, 4, 4, 4)[:, 1]) / s  # the noise that was added: unit scale
     assert 0.7 < float(eps.std()) < 1.3 and torch.equal(noisy["reference_level"], torch.full((3,), 300.0))
     module.m.reference_dropout = 1.0
@@ -297,7 +302,9 @@ def test_reference_frame_is_reproduced_after_a_short_training(tmp_path: Path) ->
     assert err_ref < 0.35 * err_none, (err_ref, err_none)
 
 
-def test_tensorboard_samples_show_reference_keyframes_and_truth(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_tensorboard_samples_show_reference_keyframes_and_truth(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from types import SimpleNamespace
 
     from ff_lightning.systems.reference_keyframes import ReferenceKeyframesModule
@@ -306,7 +313,9 @@ def test_tensorboard_samples_show_reference_keyframes_and_truth(tmp_path: Path, 
     logged: dict[str, Any] = {}
     exp = SimpleNamespace(add_images=lambda tag, x, global_step: logged.setdefault(tag, x),
                           add_video=lambda tag, x, global_step, fps: logged.setdefault(tag, x))  # fmt: skip
-    monkeypatch.setattr(ReferenceKeyframesModule, "trainer", property(lambda self: SimpleNamespace(is_global_zero=True)))
+    monkeypatch.setattr(
+        ReferenceKeyframesModule, "trainer", property(lambda self: SimpleNamespace(is_global_zero=True))
+    )
     monkeypatch.setattr(module, "_tensorboard", lambda: exp)
     video = torch.rand(3, 2, 3, 8, 8) * 2 - 1
     module.log_samples("val/samples", {"video": video, "caption": ["a", "b", "c"]})

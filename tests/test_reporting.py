@@ -144,12 +144,34 @@ def test_paired_difference_against_reference_row(tmp_path) -> None:
     assert paired_difference([1.0], [1.0, 2.0]) is None  # not paired
 
     def rec(name: str, vals: list[float]) -> dict:
-        m = {"value": sum(vals) / len(vals), "ci_low": min(vals), "ci_high": max(vals), "n": len(vals), "per_sample": vals}
-        return {"row": name, "label": name, "columns": {}, "metrics": {"psnr": m}, "paper": {}, "params": 1,
-                "params_paper": 2, "preset": "tiny"}
+        m = {
+            "value": sum(vals) / len(vals),
+            "ci_low": min(vals),
+            "ci_high": max(vals),
+            "n": len(vals),
+            "per_sample": vals,
+        }
+        return {
+            "row": name,
+            "label": name,
+            "columns": {},
+            "metrics": {"psnr": m},
+            "paper": {},
+            "params": 1,
+            "params_paper": 2,
+            "preset": "tiny",
+        }
 
-    sw = SimpleNamespace(name="t", output=str(tmp_path / "t"), metrics=["psnr"], columns=[], paper_note="",
-                         plot_metric="psnr", reference_row="ref", higher_is_better={"psnr": True})
+    sw = SimpleNamespace(
+        name="t",
+        output=str(tmp_path / "t"),
+        metrics=["psnr"],
+        columns=[],
+        paper_note="",
+        plot_metric="psnr",
+        reference_row="ref",
+        higher_is_better={"psnr": True},
+    )
     md_path = render_tables(sw, [rec("ref", base), rec("new", better)])[0]
     md = md_path.read_text()
     assert "Paired differences against **ref**" in md

@@ -65,7 +65,11 @@ class Probe(L.LightningModule):
         x = F.adaptive_avg_pool2d(video.mean(1), 4).flatten(1)  # b 48
         target = 2 * video.mean(dim=(1, 2, 3, 4))
         loss = (self.linear(x).squeeze(1) - target).square().mean()
-        row = {"step": self.global_step, "rank": self.global_rank, "indices": [m["requested_index"] for m in batch["meta"]]}
+        row = {
+            "step": self.global_step,
+            "rank": self.global_rank,
+            "indices": [m["requested_index"] for m in batch["meta"]],
+        }
         with open(Path(self.log_dir, f"rank{self.global_rank}.jsonl"), "a") as f:
             f.write(json.dumps(row) + "\n")
         return loss
@@ -216,8 +220,9 @@ def _decoder_cfg(cache: Path, out: Path, batch_size: int, *extra: str) -> Any:
 
 
 @pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(), reason="no gloo")
-def test_ddp_trains_the_decoder_system_like_one_process(data_cache: Path, tmp_path: Path,
-                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+def test_ddp_trains_the_decoder_system_like_one_process(
+    data_cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """``ff train``'s :func:`fit` on the real decoder system: 2 processes (gloo, batch 1 each) end with the weights
     of 1 process on the same global batch of 2, and only rank 0 writes the run folder and checkpoint."""
     from ff_lightning.checkpoints import load_checkpoint

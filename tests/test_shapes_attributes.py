@@ -36,7 +36,11 @@ def test_direction_swaps() -> None:
 def test_attribute_hits_compare_predictions_with_the_captions() -> None:
     model = AttributeClassifier(frames=4).eval()
     videos = torch.rand(3, 4, 3, 32, 32) * 2 - 1
-    captions = ["a red circle moving left slowly", "a blue square moving up quickly", "a white triangle moving down slowly"]
+    captions = [
+        "a red circle moving left slowly",
+        "a blue square moving up quickly",
+        "a white triangle moving down slowly",
+    ]
     logits = model(videos)
     assert {k: tuple(v.shape) for k, v in logits.items()} == {"colour": (3, 7), "shape": (3, 3), "motion": (3, 4)}
     hits = attribute_hits(model, videos, captions)

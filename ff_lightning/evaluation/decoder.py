@@ -33,9 +33,7 @@ log = logging.getLogger(__name__)
 __all__ = ["evaluate_decoder", "prepare_movq", "summarize"]
 
 
-def summarize(
-    values: torch.Tensor | None, reason: str | None = None, *, proportion: bool = False
-) -> dict[str, Any]:
+def summarize(values: torch.Tensor | None, reason: str | None = None, *, proportion: bool = False) -> dict[str, Any]:
     """Per-sample values -> ``{"value", "ci_low", "ci_high", "n", "per_sample"}`` (bootstrap 95%, Wilson for 0/1
     ``proportion`` values; the per-sample values, in held-out order, allow paired comparisons between rows); None ->
     unavailable + reason."""
@@ -129,13 +127,18 @@ def prepare_movq(probe: DictConfig, experiment: Path | None, redo: bool) -> dict
     given = probe.module.movq_ckpt
     if given:
         if not Path(given).is_file():
-            raise ConfigError(f"movq_ckpt={given}: file not found (an image MoVQ state dict: ours or movqgan_270M.ckpt)")
+            raise ConfigError(
+                f"movq_ckpt={given}: file not found (an image MoVQ state dict: ours or movqgan_270M.ckpt)"
+            )
         return {}
     if experiment is None:
         raise ConfigError("the sweep sets neither movq_ckpt nor prepare_experiment (the image-MoVQ experiment yaml)")
     exp = experiment
-    data_over = [f"data.{k}={_fmt(v)}" for k, v in OmegaConf.to_container(probe.data, resolve=True).items()
-                 if k in ("source", "root", "annotations", "size", "seed", "cache_dir") and v is not None]
+    data_over = [
+        f"data.{k}={_fmt(v)}"
+        for k, v in OmegaConf.to_container(probe.data, resolve=True).items()
+        if k in ("source", "root", "annotations", "size", "seed", "cache_dir") and v is not None
+    ]
     data_over = [d.replace("'", "") for d in data_over]
     cfg = load_config(exp, [*data_over, f"model.preset={probe.model.preset}", f"run.output_dir={probe.run.output_dir}"])
     key = config_hash(cfg)

@@ -325,8 +325,10 @@ def _shapes(spec: Any, path: str | None, hook: Any, device: torch.device) -> Eva
     def fn(video: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
         return model(preprocess_shapes(_first_frames(video, n), size).to(device)).float().cpu()
 
-    details: dict[str, Any] = {"input": f"first {n} frames, every other one, resized to {size[0]}x{size[1]}",
-                               "training": "bundled_shapes_ucf train list, split 1"}
+    details: dict[str, Any] = {
+        "input": f"first {n} frames, every other one, resized to {size[0]}x{size[1]}",
+        "training": "bundled_shapes_ucf train list, split 1",
+    }
     if hook is None:
         from ff_lightning.evaluation.shapes_classifier import real_accuracy_of
 

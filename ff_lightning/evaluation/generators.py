@@ -195,7 +195,9 @@ def from_checkpoint(path: str | Path, **hints: Any) -> NamedGenerator:
             from ff_lightning.metrics.weights import sha256_file
 
             gen.identity.setdefault("kind", "checkpoint")
-            gen.identity.update({"checkpoint": str(p.resolve()), "checkpoint_sha256": sha256_file(p) if p.is_file() else None})
+            gen.identity.update(
+                {"checkpoint": str(p.resolve()), "checkpoint_sha256": sha256_file(p) if p.is_file() else None}
+            )
             return gen
         reasons.append(f"{getattr(loader, '__name__', loader)}: not its kind")
     if len(reasons) == 1:

@@ -203,10 +203,16 @@ def load_keyframes_generator(
         "text_encoder": str(mc.text_encoder),
         "movq_ckpt": str(mv),
         "movq_sha256": sha256_file(mv),
-        "sampling": {"sampler": method, "sample_steps": steps, "guidance_weight": weight,
-                     "sample_spacing": str(mc.sample_spacing), "ddim_eta": float(mc.ddim_eta),
-                     "dynamic_threshold": mc.dynamic_threshold, "frame_step": frame_step,
-                     "prediction": str(mc.prediction)},  # fmt: skip
+        "sampling": {
+            "sampler": method,
+            "sample_steps": steps,
+            "guidance_weight": weight,
+            "sample_spacing": str(mc.sample_spacing),
+            "ddim_eta": float(mc.ddim_eta),
+            "dynamic_threshold": mc.dynamic_threshold,
+            "frame_step": frame_step,
+            "prediction": str(mc.prediction),
+        },  # fmt: skip
         "frames": {"generated": t, "stored": stored, "protocol": wanted, "adaptation": adaptation},
         "size": [h, w],
         "precision": precision,
@@ -322,7 +328,7 @@ def load_pipeline_generator(
     made = 4**passes * (k - 1) + 1
     adaptation = None
     if made < wanted:
-        adaptation = (f"the pipeline makes {made} frames, the protocol reads {wanted}: each frame repeated in order")
+        adaptation = f"the pipeline makes {made} frames, the protocol reads {wanted}: each frame repeated in order"
 
     def fn(prompts: list[str], seed: int) -> torch.Tensor:
         videos = pipe.sample(prompts, seed, options)  # (B, T, 3, H, W)
@@ -335,13 +341,22 @@ def load_pipeline_generator(
         "kind": "pipeline",
         "stages": pipe.weights(),
         "decoder": "video decoder" if pipe.decoder is not None else "image MoVQ decoder, frame by frame",
-        "sampling": {"sampler": str(pipe.keyframes.settings.sampler),
-                     "sample_steps": sample_steps or int(pipe.keyframes.settings.sample_steps),
-                     "guidance_weight": guidance_weight if guidance_weight is not None
-                     else float(pipe.keyframes.settings.guidance_weight), "passes": passes,
-                     "seed_rule": "prompt i of a batch: batch seed * 1009 + i"},  # fmt: skip
-        "frames": {"keyframes": k, "generated": made, "protocol": wanted, "clip": f"frames 0..{wanted - 1}",
-                   "adaptation": adaptation},  # fmt: skip
+        "sampling": {
+            "sampler": str(pipe.keyframes.settings.sampler),
+            "sample_steps": sample_steps or int(pipe.keyframes.settings.sample_steps),
+            "guidance_weight": guidance_weight
+            if guidance_weight is not None
+            else float(pipe.keyframes.settings.guidance_weight),
+            "passes": passes,
+            "seed_rule": "prompt i of a batch: batch seed * 1009 + i",
+        },  # fmt: skip
+        "frames": {
+            "keyframes": k,
+            "generated": made,
+            "protocol": wanted,
+            "clip": f"frames 0..{wanted - 1}",
+            "adaptation": adaptation,
+        },  # fmt: skip
         "size": [h, w],
         "device": str(device),
         "precision": precision,

@@ -114,7 +114,7 @@ _INCEPTION: list[Any] = []
 # ------------------------------------------------------------------------------------------------------- metrics
 def motion_magnitude(video: torch.Tensor) -> torch.Tensor:
     """Mean absolute frame-to-frame change per clip: videos ``(B, T, 3, H, W)`` in [-1, 1] -> ``(B,)`` on [0, 1]."""
-    u = ((video.double().clamp(-1, 1) + 1) / 2)
+    u = (video.double().clamp(-1, 1) + 1) / 2
     if u.shape[1] < 2:
         return torch.zeros(u.shape[0], dtype=torch.float64)
     return (u[:, 1:] - u[:, :-1]).abs().mean(dim=(1, 2, 3, 4))
@@ -186,16 +186,20 @@ def heldout_loss(
     strides = module.frame_strides(batch, b)
     total = torch.zeros(b, dtype=torch.float64)
     for s in timesteps:
-        noise = torch.stack(
-            [
-                torch.randn(
-                    (t, *x0.shape[1:]),
-                    generator=torch.Generator().manual_seed(_mix(seed, first_index + j, int(s))),
-                    dtype=x0.dtype,
-                )
-                for j in range(b)
-            ]
-        ).flatten(0, 1).to(x0.device)  # (b t) 4 h w
+        noise = (
+            torch.stack(
+                [
+                    torch.randn(
+                        (t, *x0.shape[1:]),
+                        generator=torch.Generator().manual_seed(_mix(seed, first_index + j, int(s))),
+                        dtype=x0.dtype,
+                    )
+                    for j in range(b)
+                ]
+            )
+            .flatten(0, 1)
+            .to(x0.device)
+        )  # (b t) 4 h w
         steps = torch.full((b * t,), int(s), device=x0.device, dtype=torch.long)
         x_t = module.schedule.q_sample(x0, steps, noise)
         extras = module.given_reference(x0, b) if given_reference else {}
@@ -323,8 +327,9 @@ def _unavailable_reasons(t: int, h: int, w: int) -> dict[str, str]:
     c3d = missing("c3d_ucf101")
     shape = f"{t}-frame {h}x{w} clips"
     return {
-        "clipsim": f"CLIPSIM not computed: {clip}" if clip else
-        f"CLIPSIM not computed here (CLIP ViT-B/32 weights are present; `ff eval` computes it on its protocols' "
+        "clipsim": f"CLIPSIM not computed: {clip}"
+        if clip
+        else f"CLIPSIM not computed here (CLIP ViT-B/32 weights are present; `ff eval` computes it on its protocols' "
         f"prompts): CLIP on {shape} of procedural shapes says little",
         "is": "IS not computed: the C3D UCF-101 classifier's 101 action classes do not cover procedural shapes and it "
         f"takes 16-frame 112x112 clips (these are {shape})" + (f"; also {c3d}" if c3d else ""),
@@ -432,8 +437,13 @@ def _evaluate(
     feats = _features(videos, device)
     fid, lo, hi = fid_bootstrap(feats, ref["mu"], ref["sigma"], ref["root"], int(o["fid_bootstrap"]), int(o["seed"]))
     out: dict[str, Any] = {
-        "fid_frames": {"value": fid, "ci_low": lo, "ci_high": hi, "n": n,
-                       "ci_method": f"{RECENTRED_METHOD} over generated clips, reference fixed"},
+        "fid_frames": {
+            "value": fid,
+            "ci_low": lo,
+            "ci_high": hi,
+            "n": n,
+            "ci_method": f"{RECENTRED_METHOD} over generated clips, reference fixed",
+        },
         "frame_consistency": summarize(frame_consistency(feats)),
     }
 

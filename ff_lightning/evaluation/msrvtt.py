@@ -48,11 +48,19 @@ def msrvtt_prompts(loaded: LoadedProtocol, data_root: str | Path | None) -> Prom
     records = subsample(records, p.num_samples)
     prompts = [(r.captions[0] if r.captions else r.caption) for r in records]
     ids = [r.key for r in records]
-    return PromptSet(prompts, ids, [-1] * len(ids), {
-        "source": "msrvtt_captions", "annotations": str((Path(data_root) / "MSRVTT_data.json").resolve()),
-        "split": p.prompts.split, "caption": p.prompts.caption, "videos_available": available,
-        "subset": "all" if len(records) == available else "evenly spread subset",
-    })
+    return PromptSet(
+        prompts,
+        ids,
+        [-1] * len(ids),
+        {
+            "source": "msrvtt_captions",
+            "annotations": str((Path(data_root) / "MSRVTT_data.json").resolve()),
+            "split": p.prompts.split,
+            "caption": p.prompts.caption,
+            "videos_available": available,
+            "subset": "all" if len(records) == available else "evenly spread subset",
+        },
+    )
 
 
 def evaluate_msrvtt(

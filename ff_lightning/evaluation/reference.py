@@ -107,12 +107,16 @@ def real_data_problem(spec: Any, root: str | Path | None) -> str | None:
     if spec.dataset != "ucf101":
         return None
     if root is None:
-        return ("the UCF-101 root is required for FVD's real statistics: pass --data-root UCF101_ROOT (the folder "
-                f"holding ucfTrainTestlist/ and the class folders of UCF-101 videos: {UCF101_OBTAIN})")
+        return (
+            "the UCF-101 root is required for FVD's real statistics: pass --data-root UCF101_ROOT (the folder "
+            f"holding ucfTrainTestlist/ and the class folders of UCF-101 videos: {UCF101_OBTAIN})"
+        )
     index = Path(root).expanduser() / "ucfTrainTestlist" / "classInd.txt"
     if not index.is_file():
-        return (f"the UCF-101 root {root} has no {index.relative_to(Path(root).expanduser())} ({index} not found): "
-                f"FVD's real statistics read the split lists and videos there ({UCF101_OBTAIN})")
+        return (
+            f"the UCF-101 root {root} has no {index.relative_to(Path(root).expanduser())} ({index} not found): "
+            f"FVD's real statistics read the split lists and videos there ({UCF101_OBTAIN})"
+        )
     return None
 
 
@@ -171,8 +175,9 @@ def _key(clips: RealClips, spec: Any, metric: Any, evaluator: Evaluator) -> tupl
     return digest[:24], content
 
 
-def _features_of_chunk(clips: RealClips, positions: Sequence[int], evaluator: Evaluator,
-                       batch_size: int) -> tuple[np.ndarray, list[str]]:
+def _features_of_chunk(
+    clips: RealClips, positions: Sequence[int], evaluator: Evaluator, batch_size: int
+) -> tuple[np.ndarray, list[str]]:
     feats: list[torch.Tensor] = []
     skipped: list[str] = []
     batch: list[torch.Tensor] = []
@@ -221,16 +226,25 @@ def real_statistics(
     if stats_path.is_file() and meta_path.is_file():
         meta = json.loads(meta_path.read_text())
         with np.load(stats_path) as z:
-            return RealStats(torch.from_numpy(z["mu"]), torch.from_numpy(z["sigma"]), int(meta["n_videos"]),
-                             int(z["n"]), key, folder, list(meta.get("skipped", [])), True)
+            return RealStats(
+                torch.from_numpy(z["mu"]),
+                torch.from_numpy(z["sigma"]),
+                int(meta["n_videos"]),
+                int(z["n"]),
+                key,
+                folder,
+                list(meta.get("skipped", [])),
+                True,
+            )
     atomic_write_json(folder / "key.json", content)
     n = len(clips)
     chunks = [list(range(s, min(n, s + spec.chunk_size))) for s in range(0, n, spec.chunk_size)]
     t0 = time.perf_counter()
     skipped: list[str] = []
     parts = []
-    for c, positions in enumerate(tqdm(chunks, desc=f"real features ({metric.kind})", unit="chunk",
-                                       disable=not progress)):
+    for c, positions in enumerate(
+        tqdm(chunks, desc=f"real features ({metric.kind})", unit="chunk", disable=not progress)
+    ):
         path = folder / f"chunk_{c:05d}.npy"
         skip_path = folder / f"chunk_{c:05d}.skipped.json"
         if path.is_file() and skip_path.is_file():
@@ -250,8 +264,16 @@ def real_statistics(
     mu, sigma = feature_statistics(rows)
     with atomic_open(stats_path, "wb") as f:
         np.savez(f, mu=mu.numpy(), sigma=sigma.numpy(), n=np.int64(rows.shape[0]))
-    atomic_write_json(meta_path, {**content, "n_videos": int(feats.shape[0]), "n_feature_rows": int(rows.shape[0]),
-                                  "skipped": skipped, "seconds": round(time.perf_counter() - t0, 3)})
+    atomic_write_json(
+        meta_path,
+        {
+            **content,
+            "n_videos": int(feats.shape[0]),
+            "n_feature_rows": int(rows.shape[0]),
+            "skipped": skipped,
+            "seconds": round(time.perf_counter() - t0, 3),
+        },
+    )
     if skipped:
         log.warning("real clips: %d unreadable clips skipped (listed in %s)", len(skipped), meta_path)
     return RealStats(mu, sigma, int(feats.shape[0]), int(rows.shape[0]), key, folder, skipped, False)

@@ -192,8 +192,13 @@ def paired_difference(
         return None
     diffs = np.array([v - va[i] for i, v in common], dtype=np.float64)
     ci = bootstrap_ci(diffs, n_boot=n_boot, alpha=alpha, seed=0)
-    return {"mean": ci.mean, "ci_low": ci.low, "ci_high": ci.high, "n": len(common),
-            "excludes_zero": bool(ci.low > 0 or ci.high < 0)}
+    return {
+        "mean": ci.mean,
+        "ci_low": ci.low,
+        "ci_high": ci.high,
+        "n": len(common),
+        "excludes_zero": bool(ci.low > 0 or ci.high < 0),
+    }
 
 
 def _label(r: dict[str, Any]) -> str:
@@ -211,8 +216,10 @@ def compare_results(a: dict[str, Any], b: dict[str, Any]) -> str:
     lines = [f"A: {a.get('_path', '')}  {_label(a)}", f"B: {b.get('_path', '')}  {_label(b)}", ""]
     pa, pb = a.get("protocol", {}), b.get("protocol", {})
     if pa.get("content_sha256") != pb.get("content_sha256"):
-        lines.append(f"warning: different protocols ({pa.get('full_name')} overrides {pa.get('overrides')} vs "
-                     f"{pb.get('full_name')} overrides {pb.get('overrides')}): the numbers are not directly comparable")
+        lines.append(
+            f"warning: different protocols ({pa.get('full_name')} overrides {pa.get('overrides')} vs "
+            f"{pb.get('full_name')} overrides {pb.get('overrides')}): the numbers are not directly comparable"
+        )
     for tag, r in (("A", a), ("B", b)):
         if r.get("weights_changed"):
             lines.append(f"warning: {tag} used an evaluator file that changed since its first use (see evaluators)")
@@ -234,14 +241,17 @@ def compare_results(a: dict[str, Any], b: dict[str, Any]) -> str:
             ptxt = "n/a (no shared per-sample values)"
         else:
             verdict = "differs" if pdiff["excludes_zero"] else "CI includes 0"
-            ptxt = (f"{pdiff['mean']:+.4f} [{pdiff['ci_low']:+.4f}, {pdiff['ci_high']:+.4f}] "
-                    f"n={pdiff['n']} ({verdict})")
+            ptxt = f"{pdiff['mean']:+.4f} [{pdiff['ci_low']:+.4f}, {pdiff['ci_high']:+.4f}] n={pdiff['n']} ({verdict})"
         rows.append((m, _cell(ma), _cell(mb), "n/a" if ov is None else ("yes" if ov else "no"), ptxt))
     widths = [max(len(r[i]) for r in rows) for i in range(5)]
     for r in rows:
         lines.append("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
-    reasons = [(tag, m, r["metrics"][m].get("reason")) for tag, r in (("A", a), ("B", b))
-               for m in r.get("metrics", {}) if r["metrics"][m].get("value") is None]
+    reasons = [
+        (tag, m, r["metrics"][m].get("reason"))
+        for tag, r in (("A", a), ("B", b))
+        for m in r.get("metrics", {})
+        if r["metrics"][m].get("value") is None
+    ]
     if reasons:
         lines.append("")
         lines += [f"{tag} {m} unavailable: {why}" for tag, m, why in reasons]

@@ -147,12 +147,22 @@ def _load_all(loaded: LoadedProtocol, options: RunOptions) -> tuple[dict[str, Ev
             continue
         share_key = (spec.kind.split("_")[0], spec.evaluator, spec.num_frames, tuple(spec.size))
         if spec.kind.startswith("shapes_") and share_key in shared:
-            evaluators[name] = Evaluator(spec.kind, shared[share_key].evaluator, shared[share_key].fn,
-                                         shared[share_key].weights, shared[share_key].details)
+            evaluators[name] = Evaluator(
+                spec.kind,
+                shared[share_key].evaluator,
+                shared[share_key].fn,
+                shared[share_key].weights,
+                shared[share_key].details,
+            )
             continue
         try:
-            ev = load_evaluator(spec, path=_explicit(options, spec.kind), mean_path=options.weights.get("c3d_mean"),
-                                hooks=options.hooks, device=options.device)
+            ev = load_evaluator(
+                spec,
+                path=_explicit(options, spec.kind),
+                mean_path=options.weights.get("c3d_mean"),
+                hooks=options.hooks,
+                device=options.device,
+            )
         except WeightsUnavailable as e:
             if not spec.optional and not options.allow_missing:
                 required_missing.append(f"metric {name!r}: {e}")
@@ -198,8 +208,9 @@ def _result_path(loaded: LoadedProtocol, options: RunOptions, run_name: str) -> 
     return default_result_path(loaded.protocol.full_name, run_name)
 
 
-def _why_not_comparable(loaded: LoadedProtocol, evaluators: dict[str, Evaluator],
-                        generator: NamedGenerator | None = None) -> str | None:
+def _why_not_comparable(
+    loaded: LoadedProtocol, evaluators: dict[str, Evaluator], generator: NamedGenerator | None = None
+) -> str | None:
     """Every reason the run's numbers are not comparable to the paper, joined with ``"; "`` (None: comparable)."""
     p = loaded.protocol
     why: list[str] = []
@@ -241,16 +252,30 @@ def run_benchmark(
     for name, ev in evaluators.items():
         if ev.kind in ("fvd_i3d", "fid_inception"):
             assert p.real is not None
-            reference[name] = real_statistics(p.real, p.metrics[name], ev, options.data_root,
-                                              cache=options.real_stats_cache, progress=options.progress)
+            reference[name] = real_statistics(
+                p.real,
+                p.metrics[name],
+                ev,
+                options.data_root,
+                cache=options.real_stats_cache,
+                progress=options.progress,
+            )
 
     # generation (resumable)
     store = SampleStore(_sample_dir(loaded, options, run_name))
     header = {"protocol": p.full_name, "generation": loaded.resolved["generation"]}
     t_gen = time.perf_counter()
-    report = generate_samples(store, generator, prompt_set.prompts, prompt_set.ids, seed=p.seed,
-                              batch_size=p.generation.batch_size, header=header, resume=options.resume,
-                              progress=options.progress)
+    report = generate_samples(
+        store,
+        generator,
+        prompt_set.prompts,
+        prompt_set.ids,
+        seed=p.seed,
+        batch_size=p.generation.batch_size,
+        header=header,
+        resume=options.resume,
+        progress=options.progress,
+    )
     gen_s = time.perf_counter() - t_gen
 
     # evaluation on the stored samples
@@ -258,8 +283,13 @@ def run_benchmark(
     outputs: dict[str, list[torch.Tensor]] = {k: [] for k in evaluators}
     if evaluators:
         bs = min(p.metrics[k].batch_size for k in evaluators)
-        for idx, videos in tqdm(store.iter_batches(n, bs), total=(n + bs - 1) // bs, desc="evaluate", unit="batch",
-                                disable=not options.progress):
+        for idx, videos in tqdm(
+            store.iter_batches(n, bs),
+            total=(n + bs - 1) // bs,
+            desc="evaluate",
+            unit="batch",
+            disable=not options.progress,
+        ):
             prompts = [prompt_set.prompts[i] for i in idx]
             for k, ev in evaluators.items():
                 outputs[k].append(ev.fn(videos, prompts))
@@ -269,12 +299,14 @@ def run_benchmark(
         spec = p.metrics[k]
         out = torch.cat(outputs[k])
         if ev.kind == "is_c3d" or ev.kind == "shapes_is":
-            metrics[k] = inception_score_record(out, splits=spec.splits, alpha=u.alpha, n_boot=u.n_boot_distribution,
-                                                repeats=u.repeats, seed=u.seed)
+            metrics[k] = inception_score_record(
+                out, splits=spec.splits, alpha=u.alpha, n_boot=u.n_boot_distribution, repeats=u.repeats, seed=u.seed
+            )
         elif ev.kind in ("fvd_i3d", "fid_inception"):
             ref = reference[k]
-            metrics[k] = frechet_record(ref.mu, ref.sigma, out, alpha=u.alpha, n_boot=u.n_boot_distribution,
-                                        repeats=u.repeats, seed=u.seed)
+            metrics[k] = frechet_record(
+                ref.mu, ref.sigma, out, alpha=u.alpha, n_boot=u.n_boot_distribution, repeats=u.repeats, seed=u.seed
+            )
             metrics[k]["reference_rows"] = ref.n_rows
         elif ev.kind in ("clipsim", "shapes_accuracy"):
             values = out if ev.kind == "clipsim" else (out.argmax(dim=1) == torch.tensor(prompt_set.labels)).double()
@@ -287,9 +319,12 @@ def run_benchmark(
 
     why = _why_not_comparable(loaded, evaluators, generator)
     comparable = why is None
-    notice = (f"Protocol {p.full_name}: the paper's protocol, unmodified; comparable to the paper's Table 1 within the "
-              "stated intervals (note the generator: a test generator's numbers mean nothing)." if comparable
-              else NOT_COMPARABLE.format(why=why))
+    notice = (
+        f"Protocol {p.full_name}: the paper's protocol, unmodified; comparable to the paper's Table 1 within the "
+        "stated intervals (note the generator: a test generator's numbers mean nothing)."
+        if comparable
+        else NOT_COMPARABLE.format(why=why)
+    )
     record: dict[str, Any] = {
         "schema": RESULT_SCHEMA,
         "benchmark": p.benchmark,
@@ -327,8 +362,12 @@ def run_benchmark(
     return RunOutput(record, path)
 
 
-def make_generator(loaded: LoadedProtocol, name: str | None = None, checkpoint: str | Path | None = None,
-                   options: RunOptions | None = None) -> NamedGenerator:
+def make_generator(
+    loaded: LoadedProtocol,
+    name: str | None = None,
+    checkpoint: str | Path | None = None,
+    options: RunOptions | None = None,
+) -> NamedGenerator:
     """The generator of a run: a registered ``name`` or a ``checkpoint`` (exactly one), built with the protocol's
     generation hints; a checkpoint loader also gets ``options.device`` and ``options.generator_options``."""
     from ff_lightning.evaluation.generators import build_generator, from_checkpoint

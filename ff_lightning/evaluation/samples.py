@@ -145,17 +145,29 @@ class SampleStore:
             return
         atomic_write_json(self.folder / self.PLAN, header)
 
-    def write_batch(self, batch: int, seed: int, indices: Sequence[int], prompts: Sequence[str],
-                    ids: Sequence[str], videos: np.ndarray) -> None:
+    def write_batch(
+        self,
+        batch: int,
+        seed: int,
+        indices: Sequence[int],
+        prompts: Sequence[str],
+        ids: Sequence[str],
+        videos: np.ndarray,
+    ) -> None:
         """Write ``videos`` ``(B, T, H, W, 3)`` uint8 atomically, then append the batch's manifest line."""
         for j, i in enumerate(indices):
             buf = io.BytesIO()
-            np.savez_compressed(buf, video=videos[j], prompt=np.array(prompts[j]), index=np.int64(i),
-                                seed=np.int64(seed))
+            np.savez_compressed(
+                buf, video=videos[j], prompt=np.array(prompts[j]), index=np.int64(i), seed=np.int64(seed)
+            )
             with atomic_open(self.path(i), "wb") as f:
                 f.write(buf.getvalue())
-        line = {"batch": batch, "seed": seed, "time": time.time(),
-                "samples": [{"index": int(i), "prompt": p, "id": d} for i, p, d in zip(indices, prompts, ids)]}
+        line = {
+            "batch": batch,
+            "seed": seed,
+            "time": time.time(),
+            "samples": [{"index": int(i), "prompt": p, "id": d} for i, p, d in zip(indices, prompts, ids)],
+        }
         with open(self.folder / self.MANIFEST, "a", encoding="utf-8") as f:
             f.write(json.dumps(line) + "\n")
             f.flush()

@@ -27,9 +27,20 @@ from torch import nn
 
 from ff_lightning.io import atomic_open
 
-__all__ = ["RECIPE_VERSION", "ShapesClassifier", "ensure_shapes_classifier", "load_shapes_classifier",
-           "preprocess_shapes", "train_shapes_classifier", "ATTRIBUTES", "AttributeClassifier", "caption_attributes",
-           "train_attribute_classifier", "ensure_attribute_classifier", "attribute_hits"]
+__all__ = [
+    "RECIPE_VERSION",
+    "ShapesClassifier",
+    "ensure_shapes_classifier",
+    "load_shapes_classifier",
+    "preprocess_shapes",
+    "train_shapes_classifier",
+    "ATTRIBUTES",
+    "AttributeClassifier",
+    "caption_attributes",
+    "train_attribute_classifier",
+    "ensure_attribute_classifier",
+    "attribute_hits",
+]
 
 log = logging.getLogger(__name__)
 
@@ -81,8 +92,15 @@ def preprocess_shapes(video: torch.Tensor, size: tuple[int, int] = SIZE) -> torc
 def _clips(split: str, cache: str | Path | None) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
     from ff_lightning.data import DataConfig, build_dataset
 
-    cfg = DataConfig(source="bundled_shapes_ucf", num_frames=NUM_FRAMES, size=list(SIZE), random_crop=False,
-                     random_start=False, eval_start="first", cache_dir=str(cache) if cache else None)
+    cfg = DataConfig(
+        source="bundled_shapes_ucf",
+        num_frames=NUM_FRAMES,
+        size=list(SIZE),
+        random_crop=False,
+        random_start=False,
+        eval_start="first",
+        cache_dir=str(cache) if cache else None,
+    )
     ds = build_dataset(cfg, split)
     items = [ds[i] for i in range(len(ds))]
     return torch.stack([s["video"] for s in items]), torch.tensor([s["label"] for s in items]), list(ds.classes)
@@ -165,8 +183,12 @@ def ensure_shapes_classifier(cache: str | Path | None = None) -> Path:
     t0 = time.perf_counter()
     model, acc = train_shapes_classifier(cache)
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
-    meta = {"recipe": str(RECIPE_VERSION), "real_test_accuracy": f"{acc:.6f}",
-            "seconds": f"{time.perf_counter() - t0:.1f}", "num_classes": str(model.head.out_features)}
+    meta = {
+        "recipe": str(RECIPE_VERSION),
+        "real_test_accuracy": f"{acc:.6f}",
+        "seconds": f"{time.perf_counter() - t0:.1f}",
+        "num_classes": str(model.head.out_features),
+    }
     with atomic_open(target, "wb") as f:
         f.write(save(state, metadata=meta))
     log.info("shapes classifier: real test accuracy %.3f", acc)

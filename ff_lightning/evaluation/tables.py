@@ -46,13 +46,24 @@ def our_rows(results: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[
             offline.append(r)
             continue
         name = r.get("run_name") or (r.get("generator") or {}).get("name") or "run"
-        row = rows.setdefault(name, {"method": f"ours: {name}", "group": "ours", "metrics": {}, "sources": [],
-                                     "comparable": True, "notices": []})
+        row = rows.setdefault(
+            name,
+            {
+                "method": f"ours: {name}",
+                "group": "ours",
+                "metrics": {},
+                "sources": [],
+                "comparable": True,
+                "notices": [],
+            },
+        )
         for m in TABLE1_METRICS:
             if m in r.get("metrics", {}):
                 row["metrics"][m] = r["metrics"][m]
-        row["sources"].append(f"{r.get('protocol', {}).get('full_name')} n={r.get('num_samples')} "
-                              f"({(r.get('generator') or {}).get('name')})")
+        row["sources"].append(
+            f"{r.get('protocol', {}).get('full_name')} n={r.get('num_samples')} "
+            f"({(r.get('generator') or {}).get('name')})"
+        )
         row["comparable"] = row["comparable"] and bool(r.get("comparable_to_paper"))
         if not r.get("comparable_to_paper") and r.get("notice"):
             row["notices"].append(r["notice"])
@@ -89,9 +100,13 @@ def render_table1(
     ours, offline = our_rows(results)
 
     # markdown
-    lines = ["# Table 1: text-to-video, UCF-101 zero-shot (IS, FVD) and MSR-VTT zero-shot (CLIPSIM)", "",
-             f"Paper rows: {paper['source']}. Ours: value on all samples with its 95% interval in brackets "
-             "(percentile bootstrap; see each result file for the method).", ""]
+    lines = [
+        "# Table 1: text-to-video, UCF-101 zero-shot (IS, FVD) and MSR-VTT zero-shot (CLIPSIM)",
+        "",
+        f"Paper rows: {paper['source']}. Ours: value on all samples with its 95% interval in brackets "
+        "(percentile bootstrap; see each result file for the method).",
+        "",
+    ]
     head = ["method", *[f"{labels[m]} {arrows[m]}" for m in TABLE1_METRICS], "source"]
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in paper["rows"]:
@@ -100,11 +115,18 @@ def render_table1(
         lines.append("| " + " | ".join(cells) + " |")
     for row in ours:
         flag = "" if row["comparable"] else " (not comparable)"
-        cells = [row["method"] + flag, *[_ours_cell(row["metrics"].get(m), _DIGITS[m]) for m in TABLE1_METRICS],
-                 "; ".join(row["sources"])]
+        cells = [
+            row["method"] + flag,
+            *[_ours_cell(row["metrics"].get(m), _DIGITS[m]) for m in TABLE1_METRICS],
+            "; ".join(row["sources"]),
+        ]
         lines.append("| " + " | ".join(cells) + " |")
-    reasons = [(row["method"], m, row["metrics"][m]["reason"]) for row in ours for m in TABLE1_METRICS
-               if row["metrics"].get(m) and row["metrics"][m].get("value") is None]
+    reasons = [
+        (row["method"], m, row["metrics"][m]["reason"])
+        for row in ours
+        for m in TABLE1_METRICS
+        if row["metrics"].get(m) and row["metrics"][m].get("value") is None
+    ]
     if reasons:
         lines += ["", "Unavailable:"] + [f"- {who}, {m}: {why}" for who, m, why in reasons]
     notices = sorted({n for row in ours for n in row["notices"]})
@@ -141,8 +163,9 @@ def render_table1(
     return [md, csv_path, _plot(paper, ours, labels, arrows, out.with_suffix(".png"))]
 
 
-def _plot(paper: dict[str, Any], ours: list[dict[str, Any]], labels: dict[str, str], arrows: dict[str, str],
-          path: Path) -> Path:
+def _plot(
+    paper: dict[str, Any], ours: list[dict[str, Any]], labels: dict[str, str], arrows: dict[str, str], path: Path
+) -> Path:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -172,15 +195,22 @@ def _plot(paper: dict[str, Any], ours: list[dict[str, Any]], labels: dict[str, s
         ax.barh(y, vals, color=cols)
         ours_y = [i for i, e in enumerate(errs) if e != (0.0, 0.0)]
         if ours_y:
-            ax.errorbar([vals[i] for i in ours_y], ours_y, xerr=[[errs[i][0] for i in ours_y],
-                                                                 [errs[i][1] for i in ours_y]],
-                        fmt="none", ecolor="black", capsize=3)
+            ax.errorbar(
+                [vals[i] for i in ours_y],
+                ours_y,
+                xerr=[[errs[i][0] for i in ours_y], [errs[i][1] for i in ours_y]],
+                fmt="none",
+                ecolor="black",
+                capsize=3,
+            )
         ax.set_yticks(y, names, fontsize=7)
         ax.invert_yaxis()
         ax.set_title(f"{labels[m]} {arrows[m]}")
         ax.grid(axis="x", alpha=0.3)
-    fig.suptitle("Table 1: paper (grey: other methods, blue: FusionFrames) and ours (orange, 95% intervals; "
-                 "* not comparable)", fontsize=9)
+    fig.suptitle(
+        "Table 1: paper (grey: other methods, blue: FusionFrames) and ours (orange, 95% intervals; * not comparable)",
+        fontsize=9,
+    )
     fig.tight_layout()
     with atomic_open(path, "wb") as f:
         fig.savefig(f, format="png", dpi=100)

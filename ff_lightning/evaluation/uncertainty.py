@@ -167,8 +167,13 @@ def recentred_interval(boot: Sequence[float] | np.ndarray, value: float, alpha: 
     if raw_lo is None or raw_hi is None:
         return {"ci_low": None, "ci_high": None, "ci_raw": [None, None], "boot_mean": None, "bias": None}
     bias = float(b.mean()) - float(value)
-    return {"ci_low": raw_lo - bias, "ci_high": raw_hi - bias, "ci_raw": [raw_lo, raw_hi],
-            "boot_mean": float(b.mean()), "bias": bias}
+    return {
+        "ci_low": raw_lo - bias,
+        "ci_high": raw_hi - bias,
+        "ci_raw": [raw_lo, raw_hi],
+        "boot_mean": float(b.mean()),
+        "bias": bias,
+    }
 
 
 def _repeats(n: int, repeats: int, fn: Any) -> dict[str, Any] | None:
@@ -214,11 +219,11 @@ def inception_score_record(
     probs = torch.softmax(torch.as_tensor(logits, dtype=torch.float64), dim=1)
 
     def fn(idx: np.ndarray) -> float:
-        return inception_score(probs[torch.from_numpy(np.asarray(idx))], splits=min(splits, len(idx)),
-                               from_logits=False)[0]
+        return inception_score(
+            probs[torch.from_numpy(np.asarray(idx))], splits=min(splits, len(idx)), from_logits=False
+        )[0]
 
-    rec = distribution_record(fn, probs.shape[0], alpha=alpha, n_boot=n_boot, repeats=repeats, seed=seed,
-                              what="videos")
+    rec = distribution_record(fn, probs.shape[0], alpha=alpha, n_boot=n_boot, repeats=repeats, seed=seed, what="videos")
     rec["splits"] = splits
     rec["split_std"] = inception_score(probs, splits=splits, from_logits=False)[1]
     rec["higher_is_better"] = True
@@ -237,8 +242,7 @@ def frechet_record(
 ) -> dict[str, Any]:
     """Fréchet distance of generated ``features`` ``(N, D)`` / ``(N, F, D)`` to real statistics, with intervals."""
     fb = FrechetBootstrap(mu_real, sigma_real, features)
-    rec = distribution_record(fb.value, fb.n, alpha=alpha, n_boot=n_boot, repeats=repeats, seed=seed,
-                              what="videos")
+    rec = distribution_record(fb.value, fb.n, alpha=alpha, n_boot=n_boot, repeats=repeats, seed=seed, what="videos")
     rec["feature_dim"] = fb.d
     rec["frames_per_video"] = fb.frames
     rec["higher_is_better"] = False

@@ -79,7 +79,9 @@ FORMAT_PARTS: dict[str, tuple[str, ...]] = {
     "movqgan": ("movq",),
 }
 _PROJECTION = ("0.weight", "1.weight", "1.bias")
-_ENCODER_NORM = re.compile(r"^(encoder\..*\.(?:norm1|norm2|norm|norm_out))\.(weight|bias)$|^(encoder\.norm_out)\.(weight|bias)$")
+_ENCODER_NORM = re.compile(
+    r"^(encoder\..*\.(?:norm1|norm2|norm|norm_out))\.(weight|bias)$|^(encoder\.norm_out)\.(weight|bias)$"
+)
 _MAX_LISTED = 12
 
 
@@ -237,7 +239,12 @@ def _stage_yaml(name: str, spec: ImportSpec) -> str:
 
 
 def _write_stage(
-    out: Path, name: str, state: Mapping[str, torch.Tensor], config_yaml: str, spec: ImportSpec, fmt: str,
+    out: Path,
+    name: str,
+    state: Mapping[str, torch.Tensor],
+    config_yaml: str,
+    spec: ImportSpec,
+    fmt: str,
     sources: dict[str, Any],
 ) -> dict[str, Any]:
     folder = out / name

@@ -353,8 +353,16 @@ def _record_refusal(name: str, path: Path, digest: str, expected: str | None, re
     try:
         data = _read_ledger(lp)
         refused = data.setdefault("refused", [])
-        refused.append({"name": name, "path": str(path), "sha256": digest, "expected": expected, "reason": reason,
-                        "when": datetime.now(UTC).isoformat(timespec="seconds")})
+        refused.append(
+            {
+                "name": name,
+                "path": str(path),
+                "sha256": digest,
+                "expected": expected,
+                "reason": reason,
+                "when": datetime.now(UTC).isoformat(timespec="seconds"),
+            }
+        )
         data["refused"] = refused[-MAX_REFUSED:]
         _write_ledger(lp, data)
     except (OSError, ValueError) as e:  # the refusal itself must still be raised
@@ -465,5 +473,4 @@ def resolve_weights(name: str, path: str | os.PathLike[str] | None = None) -> We
             f"replace the file or the pin"
         )
     changed = _record(name, p, digest)
-    return WeightsInfo(name=name, path=p, sha256=digest, pinned=pin is not None, changed=changed,
-                       source=entry.source)
+    return WeightsInfo(name=name, path=p, sha256=digest, pinned=pin is not None, changed=changed, source=entry.source)

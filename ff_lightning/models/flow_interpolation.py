@@ -182,8 +182,18 @@ class FarnebackFlow(FlowEstimator):
         levels = max(1, min(o["levels"], int(torch.tensor(side / 8).log2().floor()) + 1))  # coarsest level >= 8 px
         flags = cv2.OPTFLOW_FARNEBACK_GAUSSIAN if o["gaussian"] else 0
         flows = [
-            cv2.calcOpticalFlowFarneback(a[i], b[i], None, o["pyr_scale"], levels, o["winsize"], o["iterations"],
-                                         o["poly_n"], o["poly_sigma"], flags)  # fmt: skip
+            cv2.calcOpticalFlowFarneback(
+                a[i],
+                b[i],
+                None,
+                o["pyr_scale"],
+                levels,
+                o["winsize"],
+                o["iterations"],
+                o["poly_n"],
+                o["poly_sigma"],
+                flags,
+            )  # fmt: skip
             for i in range(a.shape[0])
         ]
         out = torch.stack([torch.from_numpy(f) for f in flows])  # N H W 2

@@ -126,7 +126,9 @@ class SpatialNorm(nn.Module):
         zh, zw = zq.shape[-2:]
         weight = torch.cat([self.conv_y.weight, self.conv_b.weight])  # (2c, z, 1, 1)
         bias = torch.cat([self.conv_y.bias, self.conv_b.bias])
-        if hh % zh or ww % zw or not h.is_contiguous():  # no integer block size: interpolate the (2c-channel) conv output instead
+        if (
+            hh % zh or ww % zw or not h.is_contiguous()
+        ):  # no integer block size: interpolate the (2c-channel) conv output instead
             scale, shift = F.interpolate(F.conv2d(zq, weight, bias), size=(hh, ww), mode="nearest").split(c, 1)
             return h * scale + shift
         scale, shift = F.conv2d(zq, weight, bias).split(c, 1)  # (n, c, h', w') each, on the small latent
@@ -237,7 +239,9 @@ class ResnetBlock(nn.Module):
         proj = getattr(self, f"temporal_projection{index}")
         merge = getattr(self, f"temporal_merge{index}")
         t = _frame_conv(proj, h, num_frames)
-        if _inplace_ok(h, t, merge.alpha) and h.is_contiguous() and t.is_contiguous():  # h and t are fresh outputs: (1 - a) * h + a * t in place
+        if (
+            _inplace_ok(h, t, merge.alpha) and h.is_contiguous() and t.is_contiguous()
+        ):  # h and t are fresh outputs: (1 - a) * h + a * t in place
             a = merge.alpha.to(h.dtype)
             return h.mul_(1 - a).add_(t.mul_(a))
         return merge(h, t)

@@ -166,9 +166,7 @@ def shared_image_unet(video_unet: nn.Module) -> KandinskyUNet:
 
 #: ``model_fn(x (N, ...), t (N,), context (V, L, D), mask (V, L) | None, use_reference (V,) bool) -> (N, ...)``:
 #: ``V`` videos whose frames are the rows of ``x``; ``use_reference`` says which videos get their reference.
-RefModelFn = Callable[
-    [torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor], torch.Tensor
-]
+RefModelFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor], torch.Tensor]
 
 
 def reference_guided_denoiser(

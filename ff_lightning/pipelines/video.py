@@ -99,10 +99,12 @@ def _check_latent_spaces(movqs: dict[str, Any], paths: dict[str, Any], trained: 
     if len(set(prints.values())) > 1:
         lines = "\n".join(f"  {n}: {paths.get(n)} (trained on module.movq_ckpt={trained.get(n)}; encoder "
                           f"fingerprint {fp})" for n, fp in prints.items())  # fmt: skip
-        raise ConfigError("the stages were trained in different MoVQ latent spaces (different image-MoVQ encoders):\n"
-                          f"{lines}\nUse stages trained on the same image MoVQ (e.g. all three from `make tiny-models`), or go "
-                          "without the video decoder (`ff generate --no-decoder`: the keyframe model's own image MoVQ "
-                          "decodes frame by frame).")
+        raise ConfigError(
+            "the stages were trained in different MoVQ latent spaces (different image-MoVQ encoders):\n"
+            f"{lines}\nUse stages trained on the same image MoVQ (e.g. all three from `make tiny-models`), or go "
+            "without the video decoder (`ff generate --no-decoder`: the keyframe model's own image MoVQ "
+            "decodes frame by frame)."
+        )
 
 
 class UnsupportedStage(ConfigError):
@@ -173,6 +175,7 @@ class VideoPipeline:
                               "decoder": dec.movq if dec else None}, paths, trained)  # fmt: skip
         record = {s: weights_record(s, src) for s, src in sources.items()}
         return cls(kf, ip, dec, record, dev, precision)
+
     @classmethod
     def from_folder(
         cls, folder: str | os.PathLike[str], *, device: str | torch.device = "cpu", precision: str = "fp32",
@@ -254,14 +257,20 @@ class VideoPipeline:
                     bar.update(latents.shape[0])
             seconds["decoder"] = time.perf_counter() - t0
         data = kf.config.data
-        fps = float(o.fps) if o.fps else max(1.0, float(getattr(data, "fps", None) or 8.0)
-                                              / float(o.frame_step or kf.default_frame_step or 1) * 4**passes)
+        fps = (
+            float(o.fps)
+            if o.fps
+            else max(
+                1.0,
+                float(getattr(data, "fps", None) or 8.0)
+                / float(o.frame_step or kf.default_frame_step or 1)
+                * 4**passes,
+            )
+        )
         return GenerationResult(frames.float().clamp(-1, 1).cpu(), latents.float().cpu(), num_keyframes, what, fps,
                                 seconds, weights=self.weights())  # fmt: skip
 
-    def sample(
-        self, prompts: Sequence[str], seed: int, options: GenerateOptions | None = None
-    ) -> torch.Tensor:
+    def sample(self, prompts: Sequence[str], seed: int, options: GenerateOptions | None = None) -> torch.Tensor:
         """Videos ``(B, T, 3, H, W)`` float32 in [-1, 1]; prompt ``i`` uses seed ``seed * 1009 + i`` (a batch's
         videos are reproducible from the batch seed alone)."""
         from ff_lightning.pipeline import GenerateOptions

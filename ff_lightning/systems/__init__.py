@@ -19,7 +19,9 @@ _SYSTEMS: dict[str, tuple[str, str, str]] = {
     "t2i": ("ff_lightning.systems.t2i", "T2IModule", "T2ISystemConfig"),
     "keyframes": ("ff_lightning.systems.keyframes", "KeyframesModule", "KeyframesSystemConfig"),
     "reference_keyframes": (
-        "ff_lightning.systems.reference_keyframes", "ReferenceKeyframesModule", "ReferenceKeyframesSystemConfig"
+        "ff_lightning.systems.reference_keyframes",
+        "ReferenceKeyframesModule",
+        "ReferenceKeyframesSystemConfig",
     ),
     "interpolation": ("ff_lightning.systems.interpolation", "InterpolationModule", "InterpolationSystemConfig"),
 }

@@ -89,15 +89,15 @@ class AutoencoderSystem(L.LightningModule):
         opt_g = torch.optim.Adam(params, lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay)
         if self.discriminator is None:
             return opt_g
-        opt_d = torch.optim.Adam(
-            self.discriminator.parameters(), lr=self.m.disc_lr or o.lr, betas=tuple(o.betas)
-        )
+        opt_d = torch.optim.Adam(self.discriminator.parameters(), lr=self.m.disc_lr or o.lr, betas=tuple(o.betas))
         return [opt_g, opt_d]
 
     # -------------------------------------------------------------------------------------------------- training
     def _clip(self, opt: torch.optim.Optimizer) -> None:
         if self.m.grad_clip:
-            self.clip_gradients(opt, gradient_clip_val=self.m.grad_clip, gradient_clip_algorithm=self.m.grad_clip_algorithm)
+            self.clip_gradients(
+                opt, gradient_clip_val=self.m.grad_clip, gradient_clip_algorithm=self.m.grad_clip_algorithm
+            )
 
     def _lr_scale(self) -> float:
         w = self.cfg.optim.warmup_steps

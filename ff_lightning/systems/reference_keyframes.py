@@ -57,6 +57,7 @@ __all__ = [
     "fit_reference_image",
 ]
 
+
 @dataclass
 class ReferenceKeyframesSystemConfig(KeyframesSystemConfig):
     """``module:`` section of the ``reference_keyframes`` system (the ``keyframes`` options plus these)."""

@@ -57,8 +57,16 @@ from ff_lightning.models.text import (
 from ff_lightning.systems.ema import EMA
 from ff_lightning.systems.frozen_movq import FrozenMoVQDiffusionSystem
 
-__all__ = ["DiffusionSystemConfig", "T2ISystemConfig", "LatentDiffusionSystem", "T2IModule", "build_frozen_movq",
-           "RELEASE_SETTINGS", "SPACINGS", "latent_scale_from"]
+__all__ = [
+    "DiffusionSystemConfig",
+    "T2ISystemConfig",
+    "LatentDiffusionSystem",
+    "T2IModule",
+    "build_frozen_movq",
+    "RELEASE_SETTINGS",
+    "SPACINGS",
+    "latent_scale_from",
+]
 
 log = logging.getLogger(__name__)
 
