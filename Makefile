@@ -65,8 +65,9 @@ test: install ## run the test suite (ruff + pytest; one torch thread per process
 	$(VENV)/bin/ruff check ff_lightning tests benchmarks tools
 	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(PY) -m pytest -q
 
-lint: install ## ruff check and format check
-	$(VENV)/bin/ruff check ff_lightning tests benchmarks tools
+lint: install ## ruff check (lint rules) and ruff format --check (formatting; `ruff format` fixes it)
+	$(VENV)/bin/ruff check ff_lightning tests benchmarks tools notebooks
+	$(VENV)/bin/ruff format --check ff_lightning tests benchmarks tools notebooks
 
 data: install ## build the bundled datasets (real footage septuplets, captioned shapes) into $(FF_CACHE_DIR)
 	$(FF) data build
