@@ -28,9 +28,11 @@ model-alone file of ``ff export`` is left out: the released file is that, and a 
 ``t2i/`` (k3.1), ``keyframes/`` + ``interpolation/`` (kv1.0, kv1.1), ``decoder/`` (kv1.1), plus
 ``movq.safetensors`` (the image MoVQ, our key layout) and ``OUT/export.json`` (format, every source file with its
 sha256, the text-encoder folder, the stages). The diffusion stages' ``module.safetensors`` carry their frozen MoVQ
-(``movq.*``), so a folder is self-contained. KV 1.1's UNets have parts our UNets do not implement (``image_in_layer``,
-motion-score and noise-augmentation embeddings): they are refused with the list of keys; import the rest with
-``parts=("movq", "decoder")``.
+(``movq.*``), so a folder is self-contained. KV 1.1: ``t2v.pt`` is the ``keyframe_unet/kv1_1`` model
+(:mod:`ff_lightning.models.kv11`: 9-channel ``in_layer`` + ``image_in_layer``, motion-score and noise-augmentation
+embeddings, all under their released names) with ``t5_projections.pt``'s ``projection_base`` as its text
+projection; its stage is written (``keyframes/``) but listed under ``unwired_stages``, not ``stages``: generation
+with it is not wired. KV 1.1's ``interpolation.pt`` (another architecture) is refused (:data:`UNSUPPORTED`).
 
 Every file is checked against the layout our models at ``preset`` expect (built on the meta device): a missing,
 unexpected or mis-shaped key anywhere refuses the whole import with one message listing them.
@@ -74,9 +76,25 @@ RELEASE_FILES: dict[str, dict[str, str]] = {
 #: format -> the parts (stages) it provides
 FORMAT_PARTS: dict[str, tuple[str, ...]] = {
     "kv1.0": ("movq", "keyframes", "interpolation"),
-    "kv1.1": ("movq", "keyframes", "interpolation", "decoder"),
+    "kv1.1": ("movq", "keyframes", "decoder"),
     "k3.1": ("movq", "t2i"),
     "movqgan": ("movq",),
+}
+#: (format, part) -> why that released part cannot be imported
+UNSUPPORTED: dict[tuple[str, str], str] = {
+    ("kv1.1", "interpolation"): (
+        "Kandinsky Video 1.1's interpolation UNet (interpolation.pt) is a different architecture from 1.0's "
+        "(temporal compress / decompress convs in its ResNet stages, temporal masks) that this project does not "
+        "implement; leave it out of --parts"
+    ),
+}
+#: (format, part) -> stages written but not wired into ``ff generate`` / ``ff eval`` (kept out of ``stages``)
+UNWIRED: dict[tuple[str, str], str] = {
+    ("kv1.1", "keyframes"): (
+        "the Kandinsky Video 1.1 keyframe UNet (keyframe_unet/kv1_1): its model loads and runs "
+        "(ff_lightning.models.kv11), but generation with it (first frame from image mode, noise-augmented first-frame "
+        "conditioning, the release's three-way guidance and sampler) is not wired into ff generate / ff eval"
+    ),
 }
 _PROJECTION = ("0.weight", "1.weight", "1.bias")
 _ENCODER_NORM = re.compile(
@@ -140,7 +158,7 @@ def release_layout(fmt: str, spec: ImportSpec = ImportSpec()) -> dict[str, dict[
         keyframes.update({f"projections.t5.{k}": s for k, s in projection.items()})
         out.update(keyframes=keyframes, interpolation=interpolation)
     elif fmt == "kv1.1":
-        out.update(keyframes=keyframes, interpolation=interpolation)
+        out["keyframes"] = unet_file("keyframe_unet", "kv1_1")
         out["projections"] = {f"{p}.{k}": s for p in ("projection_base", "projection_interpolation")
                               for k, s in projection.items()}  # fmt: skip
         video = _meta_state("decoder", "conv3x3x3_attn", spec.preset)
@@ -229,13 +247,19 @@ def _stage_config(system: str, spec: ImportSpec) -> dict[str, Any]:
             "module": {**common, "allow_random_t2i": True, "guidance_weight": 5.0}}  # fmt: skip
 
 
-def _stage_yaml(name: str, spec: ImportSpec) -> str:
+def _stage_yaml(name: str, spec: ImportSpec, fmt: str = "") -> str:
     """The stage's run config as yaml, validated like any run config."""
     from omegaconf import OmegaConf
 
     from ff_lightning.config import compose
 
-    return OmegaConf.to_yaml(compose(_stage_config(name, spec), source=f"imported {name} stage"))
+    config = _stage_config(name, spec)
+    if fmt == "kv1.1" and name == "keyframes":  # the 1.1 keyframe UNet: 12 keyframes, positions 0..11
+        from ff_lightning.models.kv11 import KV11_NUM_FRAMES
+
+        config["model"]["variant"] = "kv1_1"
+        config["data"]["num_frames"] = KV11_NUM_FRAMES
+    return OmegaConf.to_yaml(compose(config, source=f"imported {name} stage"))
 
 
 def _write_stage(
@@ -259,6 +283,8 @@ def _write_stage(
                   "module.safetensors": f"the {name} system's state dict ({len(state)} tensors, frozen MoVQ "
                                         "included; quantize.* absent: never used)"},
     }  # fmt: skip
+    if (fmt, name) in UNWIRED:
+        manifest["not_wired"] = UNWIRED[(fmt, name)]
     if name == "decoder":  # the released decoder conditions its attention norms on each video's first frame
         manifest["release_forward"] = {"attn_zq_first_frame": True}
     atomic_write_json(folder / "export.json", manifest)
@@ -282,13 +308,16 @@ def import_release(
     if fmt not in FORMATS:
         raise CheckpointError(f"unknown release format {fmt!r}; valid: {', '.join(FORMATS)}")
     wanted = tuple(parts or FORMAT_PARTS[fmt])
+    refused = [UNSUPPORTED[(fmt, p)] for p in wanted if (fmt, p) in UNSUPPORTED]
+    if refused:
+        raise CheckpointError(f"{fmt} import refused: " + "; ".join(refused))
     bad = [p for p in wanted if p not in FORMAT_PARTS[fmt]]
     if bad:
         raise CheckpointError(f"format {fmt} has no part(s) {', '.join(bad)}; valid: {', '.join(FORMAT_PARTS[fmt])}")
     roles = {"movq"} | {r for r in RELEASE_FILES[fmt] if r in wanted}
     if "decoder" in wanted:
         roles.add("video_movq")
-    if fmt == "kv1.1" and ("keyframes" in wanted or "interpolation" in wanted):
+    if fmt == "kv1.1" and "keyframes" in wanted:
         roles.add("projections")
     if fmt == "k3.1" and "t2i" in wanted:
         roles.add("projection")
@@ -308,15 +337,12 @@ def import_release(
     problems = [p for p in problems if p]
     if problems:
         hint = ""
-        if fmt == "kv1.1" and any(r in ("keyframes", "interpolation") for r in files):
-            hint = ("\nKandinsky Video 1.1's UNets have parts our UNets do not implement (image_in_layer, motion-score "
-                    "and noise-augmentation embeddings); import the rest with --parts movq,decoder")  # fmt: skip
         raise CheckpointError(f"{fmt} import from {src} refused: the files do not match our models at "
                               f"preset={spec.preset!r} key for key:\n" + "\n".join(problems) + hint)  # fmt: skip
     sources = {r: {"path": str(p.resolve()), "sha256": sha256_file(p)} for r, p in paths.items() if p is not None}
     if fmt == "k3.1" and spec.text_encoder_path is None and paths.get("projection") is not None:
         spec = replace(spec, text_encoder_path=str(paths["projection"].parent.resolve()))  # type: ignore[union-attr]
-    configs = {stage: _stage_yaml(stage, spec) for stage in wanted if stage != "movq"}  # before writing anything
+    configs = {stage: _stage_yaml(stage, spec, fmt) for stage in wanted if stage != "movq"}  # before writing anything
     movq_expected = _meta_state("movq", "movqgan", spec.preset)
     movq_file = files["movq"]
     renamed = release_key_map(movq_file, movq_expected)
@@ -362,7 +388,8 @@ def import_release(
         "text_encoder": {"name": spec.text_encoder, "path": text_path},
         "preset": spec.preset,
         "num_frames": spec.num_frames,
-        "stages": {s: f"{s}/" for s in stages},
+        "stages": {s: f"{s}/" for s in stages if (fmt, s) not in UNWIRED},
+        "unwired_stages": {s: f"{s}/: {UNWIRED[(fmt, s)]}" for s in stages if (fmt, s) in UNWIRED},
         "movq": "movq.safetensors (image MoVQ, our key layout; quantize.* absent unless MoVQGAN)",
     }
     atomic_write_json(out / "export.json", manifest)
