@@ -273,3 +273,41 @@ def test_import_k31_and_movqgan_reproduce_the_interop_loaders(tmp_path: Path) ->
     frames = torch.rand(2, 3, 16, 16, generator=g) * 2 - 1
     with torch.no_grad():
         assert torch.equal(movq(frames).sample, ref_movq(frames).sample)  # the codebook included
+
+
+def test_import_kv11_keyframes_reproduces_the_interop_loader_and_refuses_partial_files(tmp_path: Path) -> None:
+    from safetensors.torch import load_file
+
+    src, out = tmp_path / "kv11", tmp_path / "out"
+    flat = write_release(src, "kv1.1")
+    manifest = import_release(src, out, "kv1.1", TINY)
+    assert manifest["stages"] == {"decoder": "decoder/"}  # generation with the 1.1 keyframe UNet is not wired
+    assert "keyframes" in manifest["unwired_stages"]
+    assert json.loads((out / "keyframes" / "export.json").read_text())["not_wired"]
+    state = load_file(out / "keyframes" / "module.safetensors")
+    model = build("keyframe_unet", "kv1_1", "tiny", num_frames=4).eval()
+    model.load_state_dict({k[len("unet.") :]: v for k, v in state.items() if k.startswith("unet.")}, strict=True)
+    ref = load_keyframe_unet(src / "weights" / "t2v.pt", "kv1_1", "tiny", num_frames=4).eval()
+    proj = flat["projections"]
+    assert torch.equal(state["text_projection.projection.weight"], proj["projection_base.0.weight"])
+    assert torch.equal(state["text_projection.norm.bias"], proj["projection_base.1.bias"])
+    assert torch.equal(state["null_embedding.embedding"], flat["keyframes"]["null_embedding"])
+    g = torch.Generator().manual_seed(5)
+    x, t, ctx = torch.randn(8, 4, 16, 16, generator=g), torch.tensor([3, 900]), torch.randn(2, 6, 32, generator=g)
+    first = torch.randn(2, 4, 16, 16, generator=g)
+    with torch.no_grad():
+        out_video = model(x, t, ctx, first_frame=first, noise_level=20, motion_score=10)
+        assert torch.equal(out_video, ref(x, t, ctx, first_frame=first, noise_level=20, motion_score=10))
+        assert torch.equal(model.forward_image(x[:2], t, ctx), ref.forward_image(x[:2], t, ctx))
+    # a file without the 1.1 parts (a 1.0 UNet under the 1.1 name) is refused, listing them
+    path = src / "weights" / "t2v.pt"
+    obj = torch.load(path)
+    for key in ("image_in_layer.weight", "temporal_motion_score_encoding.3.bias"):
+        del obj["unet"][key]
+    torch.save(obj, path)
+    with pytest.raises(CheckpointError) as e:
+        import_release(src, tmp_path / "out2", "kv1.1", TINY)
+    assert "unet.image_in_layer.weight" in str(e.value) and "unet.temporal_motion_score_encoding.3.bias" in str(e.value)
+    assert not (tmp_path / "out2").exists()
+    with pytest.raises(CheckpointError, match="interpolation UNet"):
+        import_release(src, tmp_path / "out3", "kv1.1", TINY, parts=("movq", "interpolation"))
