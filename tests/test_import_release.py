@@ -46,6 +46,8 @@ def test_release_layout_matches_the_manifests_at_the_paper_preset() -> None:
     assert unet(kv10["keyframes"]) == _manifest("kandinsky_video_1_0_keyframe_unet")
     assert unet(kv10["interpolation"]) == _manifest("kandinsky_video_1_0_interpolation_unet")
     assert unet(k31["t2i"]) == _manifest("kandinsky3_unet")
+    assert unet(kv11["keyframes"]) == _manifest("kandinsky_video_1_1_keyframe_unet")
+    assert kv11["keyframes"]["null_embedding"] == (4096,) and "interpolation" not in kv11
     assert kv10["keyframes"]["null_embedding"] == (4096,)
     assert kv10["keyframes"]["projections.t5.0.weight"] == (4096, 4096)
     assert set(k31["projection"]) == {"0.weight", "1.weight", "1.bias"}

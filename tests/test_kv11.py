@@ -43,6 +43,9 @@ def test_paper_layout_is_the_1_0_layout_plus_the_1_1_parts() -> None:
     assert ours == expected
     # 4.149B: the release README's "Latent Diffusion U-Net3D - 4.15B" (1.0: 4,143,739,012)
     assert sum(p.numel() for p in model.parameters()) == 4_149_077_956
+    shipped = json.loads((REFERENCE / "kandinsky_video_1_1_keyframe_unet.json").read_text())
+    assert {k: tuple(s) for k, s in shipped["state_dict"]} == ours
+    assert shipped["num_parameters"] == 4_149_077_956 and shipped["config"]["num_channels"] == 9
     assert model.num_frames == 12 and model.frame_stride == 1
 
 
