@@ -286,6 +286,10 @@ def test_import_kv11_keyframes_reproduces_the_interop_loader_and_refuses_partial
     assert manifest["stages"] == {"decoder": "decoder/"}  # generation with the 1.1 keyframe UNet is not wired
     assert "keyframes" in manifest["unwired_stages"]
     assert json.loads((out / "keyframes" / "export.json").read_text())["not_wired"]
+    from ff_lightning.pipelines.video import VideoPipeline
+
+    with pytest.raises(CheckpointError, match="kv1_1' is not wired"):  # ff generate --keyframes out/keyframes
+        VideoPipeline.from_paths(out / "keyframes", None, out / "decoder")
     state = load_file(out / "keyframes" / "module.safetensors")
     model = build("keyframe_unet", "kv1_1", "tiny", num_frames=4).eval()
     model.load_state_dict({k[len("unet.") :]: v for k, v in state.items() if k.startswith("unet.")}, strict=True)

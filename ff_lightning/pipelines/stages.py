@@ -248,6 +248,9 @@ def build_keyframe_stage(src: StageSource, *, reference: bool = False) -> Keyfra
     cfg = _compose(src)
     m, mc = cfg.module, cfg.model
     want = "reference_keyframes" if reference else "keyframes"
+    if mc.variant not in KEYFRAME_DESIGNS:  # e.g. keyframe_unet/kv1_1 (imported Kandinsky Video 1.1): no sampler here
+        raise CheckpointError(f"{src.path}: generation with keyframe variant {mc.variant!r} is not wired (see the "
+                              "stage's export.json); use a kv1.0 import or your own checkpoint")  # fmt: skip
     if cfg.system != want or KEYFRAME_DESIGNS[mc.variant].reference != reference:
         raise CheckpointError(f"{src.path}: a {cfg.system} / {mc.variant} stage, not a {want} stage")
     if m.latent_scale is None:

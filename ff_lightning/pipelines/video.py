@@ -190,7 +190,7 @@ class VideoPipeline:
         if "keyframes" not in stages:
             raise ConfigError(
                 f"{root} is not a pipeline folder: its export.json names no keyframes stage (an `ff import` of kv1.0 "
-                "or kv1.1 writes one; for your own checkpoints pass --keyframes / --interpolation / --decoder)"
+                "writes one, kv1.1's is not wired; for your own checkpoints pass --keyframes / --interpolation / --decoder)"
             )
 
         def stage(name: str, wanted: bool) -> Path | None:
