@@ -83,9 +83,10 @@ FORMAT_PARTS: dict[str, tuple[str, ...]] = {
 #: (format, part) -> why that released part cannot be imported
 UNSUPPORTED: dict[tuple[str, str], str] = {
     ("kv1.1", "interpolation"): (
-        "Kandinsky Video 1.1's interpolation UNet (interpolation.pt) is a different architecture from 1.0's "
-        "(temporal compress / decompress convs in its ResNet stages, temporal masks) that this project does not "
-        "implement; leave it out of --parts"
+        "Kandinsky Video 1.1's interpolation UNet (interpolation.pt) is another architecture than 1.0's (optional "
+        "temporal compress / decompress and extra temporal convs in its ResNet stages, temporal masks; which of them "
+        "it has is set by configs.json flags not known here) that this project does not implement; leave it out of "
+        "--parts"
     ),
 }
 #: (format, part) -> stages written but not wired into ``ff generate`` / ``ff eval`` (kept out of ``stages``)
