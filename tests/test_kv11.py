@@ -12,7 +12,7 @@ import torch
 from ff_lightning.models.kv11 import KV11TemporalResNetBlock, kv11_keyframe_unet_from_t2i
 from ff_lightning.models.unet import UNetConditioning
 from ff_lightning.models.unet_temporal import TemporalResNetBlock
-from ff_lightning.registry import build
+from ff_lightning.registry import build, param_counts
 
 REFERENCE = Path(__file__).resolve().parents[1] / "ff_lightning" / "reference"
 
@@ -47,6 +47,8 @@ def test_paper_layout_is_the_1_0_layout_plus_the_1_1_parts() -> None:
     assert {k: tuple(s) for k, s in shipped["state_dict"]} == ours
     assert shipped["num_parameters"] == 4_149_077_956 and shipped["config"]["num_channels"] == 9
     assert model.num_frames == 12 and model.frame_stride == 1
+    # conversion freezes the image model except its input conv (re-shaped to 9 channels): 3,038,562,820 - 7,104
+    assert param_counts(model)["frozen"] == 3_038_555_716
 
 
 def _tiny(seed: int = 0):

@@ -388,7 +388,7 @@ def import_release(
         "files": sources,
         "text_encoder": {"name": spec.text_encoder, "path": text_path},
         "preset": spec.preset,
-        "num_frames": spec.num_frames,
+        "num_frames": 12 if fmt == "kv1.1" else spec.num_frames,  # kv1.1: the 1.1 keyframe UNet's 12 frames
         "stages": {s: f"{s}/" for s in stages if (fmt, s) not in UNWIRED},
         "unwired_stages": {s: f"{s}/: {UNWIRED[(fmt, s)]}" for s in stages if (fmt, s) in UNWIRED},
         "movq": "movq.safetensors (image MoVQ, our key layout; quantize.* absent unless MoVQGAN)",
