@@ -31,13 +31,21 @@ from typing import Any
 import torch
 from torch import nn
 
-from ff_lightning.models.keyframes import KEYFRAME_PRESETS, KeyframeDesign, KeyframeUNet, make_frame_positions
+from ff_lightning.models.keyframes import KeyframeDesign, KeyframeUNet, make_frame_positions  # registers keyframe_unet
 from ff_lightning.models.reference import pack_reference_input, reference_level_embedding
 from ff_lightning.models.unet import Attention, ConditionalGroupNorm, KandinskyUNet, UNetConditioning
 from ff_lightning.models.unet_temporal import TemporalResNetBlock, attend_over_frames, per_row
 from ff_lightning.registry import register_variant
 
-__all__ = ["KV11_NUM_FRAMES", "KV11_MOTION_SCORES", "KV11KeyframeUNet", "kv11_keyframe_unet_from_t2i"]
+__all__ = [
+    "KV11_NUM_FRAMES",
+    "KV11_MOTION_SCORES",
+    "KV11_NOISE_AUGMENTATION",
+    "KV11TemporalResNetBlock",
+    "KV11TemporalAttentionBlock",
+    "KV11KeyframeUNet",
+    "kv11_keyframe_unet_from_t2i",
+]
 
 KV11_NUM_FRAMES = 12  # keyframes per clip in the release pipeline
 #: the release pipeline's ``motion`` names -> motion score (an unknown name falls back to ``medium``)
@@ -131,7 +139,7 @@ class KV11KeyframeUNet(KeyframeUNet):
         for name in ("temporal_noise_aug_time_encoding", "temporal_motion_score_encoding"):
             mlp = reference_level_embedding(cfg["init_channels"], cfg["time_embed_dim"])
             setattr(self, name, mlp.to(device=ref.device, dtype=ref.dtype))
-        self.kind = "kv1_1"
+        self.kind, self.design = "kv1_1", _DESIGN
         self.config.update(kind="kv1_1", reference_channels=channels + 1)
         self.inherited_parameter_names = frozenset(
             n for n in self.inherited_parameter_names if not n.startswith("in_layer.")
@@ -278,7 +286,6 @@ def build_kv11_keyframe_unet(
     )
 
 
-assert KEYFRAME_PRESETS  # the keyframe_unet component is registered by ff_lightning.models.keyframes
 register_variant(
     "keyframe_unet", "kv1_1", build_kv11_keyframe_unet, description=_DESIGN.description,
     num_frames=KV11_NUM_FRAMES, frame_stride=1,
