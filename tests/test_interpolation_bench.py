@@ -26,7 +26,8 @@ def test_main_writes_md_csv_png(bench: ModuleType, bundled_cache: Path, tmp_path
         paths = bench.main(
             [
                 "--keyframes", "3", "--speed-size", "16", "--steps", "2", "--repeats", "1", "--train-steps", "2",
-                "--batch-size", "2", "--eval-hop", "64", "--workers", "0", "--no-paper-flops",
+                "--batch-size", "2", "--eval-hop", "64", "--max-eval", "4", "--workers", "0", "--no-paper-flops",
+                "--base", "random", "--train-size", "16",
                 "--cache", str(bundled_cache), "--out", str(tmp_path / "interp"),
             ]
         )  # fmt: skip
@@ -42,9 +43,18 @@ def test_main_writes_md_csv_png(bench: ModuleType, bundled_cache: Path, tmp_path
     assert int(speed["fusionframes"]["rows_per_step"]) == 2 * 2 and int(speed["masked"]["rows_per_step"]) == 2 * 9
     assert float(speed["masked"]["flop_ratio_vs_fusionframes"]) > 2.0  # 9 frame rows vs 2 pair rows per video
     quality = {r["method"] for r in rows if r["section"] == "quality"}
-    assert {"fusionframes", "masked", "flow_pixel", "flow_latent", "linear blend of keyframes"} <= quality
+    assert {"fusionframes", "masked", "flow_pixel", "flow_latent", "linear blend of keyframes", "copy left keyframe",
+            "MoVQ reconstruction of the real frames"} <= quality  # fmt: skip
+    for r in (r for r in rows if r["section"] == "quality"):
+        for key, low, high in (("psnr", "psnr_ci_low", "psnr_ci_high"), ("psnr_gain_vs_blend", "gain_ci_low",
+                                                                            "gain_ci_high")):  # fmt: skip
+            assert float(r[low]) <= float(r[key]) <= float(r[high]), (r["method"], key)
+    blend = next(r for r in rows if r["method"] == "linear blend of keyframes")
+    assert float(blend["psnr_gain_vs_blend"]) == 0.0  # paired with itself
+    copy = next(r for r in rows if r["method"] == "copy left keyframe")
+    assert float(copy["psnr_gain_vs_blend"]) == pytest.approx(float(copy["psnr"]) - float(blend["psnr"]), abs=1e-3)
     text = paths["md"].read_text()
-    assert "indicative only" in text
+    assert "RANDOM image UNet (tests only)" in text
     md_speed = _md_rows(text, "| method | UNet rows per step")
     assert set(md_speed) == {bench.METHOD_LABELS[m] for m in speed}
     for method, r in speed.items():
@@ -58,8 +68,9 @@ def test_main_writes_md_csv_png(bench: ModuleType, bundled_cache: Path, tmp_path
     md_quality = _md_rows(text, "| method | PSNR (dB)")
     for r in (r for r in rows if r["section"] == "quality"):
         cells = md_quality[bench.METHOD_LABELS.get(r["method"], f"*{r['method']}*")]
-        assert float(cells[0].split(" ± ")[0]) == pytest.approx(float(r["psnr"]), abs=0.01)
-        assert float(cells[1].split(" ± ")[0]) == pytest.approx(float(r["ssim"]), abs=0.001)
+        assert float(cells[0].split(" [")[0]) == pytest.approx(float(r["psnr"]), abs=0.01)
+        assert float(cells[1].split(" [")[0]) == pytest.approx(float(r["psnr_gain_vs_blend"]), abs=0.01)
+        assert float(cells[2].split(" [")[0]) == pytest.approx(float(r["ssim"]), abs=0.001)
 
 
 def _md_rows(text: str, header: str) -> dict[str, list[str]]:
