@@ -44,15 +44,32 @@ def _isolated(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.delenv("FF_WEIGHTS_DIR", raising=False)
 
 
+def _fit(root: Path, experiment: str, movq: Path) -> Path:
+    """A 1-step Lightning fit of ``experiments/keyframes/<experiment>`` (random t2i UNet, EMA kept): its checkpoint."""
+    from ff_lightning.config import load_config
+    from ff_lightning.train import fit
+
+    cfg = load_config(ROOT / "experiments/keyframes" / experiment, [
+        f"data.cache_dir={root / 'data'}", "data.batch_size=1", f"data.num_frames={FRAMES}", "data.max_samples=2",
+        "trainer.max_steps=1", "trainer.accelerator=cpu", "trainer.devices=1", "trainer.enable_progress_bar=false",
+        "trainer.limit_val_batches=0", "trainer.log_every_n_steps=1", "optim.warmup_steps=0",
+        "optim.ema_decay=0.9", "module.allow_random_t2i=true", f"module.movq_ckpt={movq}",
+        "module.log_samples_every_n_steps=0", f"run.output_dir={root / 'runs' / experiment}",
+    ])  # fmt: skip
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("FF_CACHE_DIR", str(root / "ffcache"))
+        result = fit(cfg)
+    assert result.checkpoint is not None
+    return Path(result.checkpoint)
+
+
 @pytest.fixture(scope="module")
 def keyframe_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     """A keyframes-system checkpoint from a 1-step Lightning fit (random t2i UNet, a saved random tiny MoVQ)."""
     from safetensors.torch import save_file
 
     from ff_lightning import registry
-    from ff_lightning.config import load_config
     from ff_lightning.data.bundled import build_all
-    from ff_lightning.train import fit
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -61,19 +78,15 @@ def keyframe_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str
     torch.manual_seed(0)
     movq = root / "movq.safetensors"
     save_file(registry.build("movq", "movqgan", "tiny").state_dict(), str(movq))
-    cfg = load_config(ROOT / "experiments/keyframes/blocks.yaml", [
-        f"data.cache_dir={root / 'data'}", "data.batch_size=1", f"data.num_frames={FRAMES}", "data.max_samples=2",
-        "trainer.max_steps=1", "trainer.accelerator=cpu", "trainer.devices=1", "trainer.enable_progress_bar=false",
-        "trainer.limit_val_batches=0", "trainer.log_every_n_steps=1", "optim.warmup_steps=0",
-        "optim.ema_decay=0.9", "module.allow_random_t2i=true", f"module.movq_ckpt={movq}",
-        "module.log_samples_every_n_steps=0", f"run.output_dir={root / 'runs'}",
-    ])  # fmt: skip
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("FF_CACHE_DIR", str(root / "ffcache"))
-        result = fit(cfg)
-    assert result.checkpoint is not None
-    yield {"ckpt": Path(result.checkpoint), "movq": movq, "root": root}
+    ckpt = _fit(root, "blocks.yaml", movq)
+    yield {"ckpt": ckpt, "movq": movq, "root": root}
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def reference_ckpt(keyframe_ckpt: dict[str, Any]) -> Path:
+    """A reference_keyframes checkpoint from a 1-step Lightning fit (same data, MoVQ and settings)."""
+    return _fit(keyframe_ckpt["root"], "ref_blocks.yaml", keyframe_ckpt["movq"])
 
 
 def _sha(path: Path) -> str:
@@ -220,6 +233,56 @@ def test_msrvtt_from_a_keyframe_checkpoint_and_compare(
         m = r["metrics"]["clipsim"]
         assert f"{m['ci_low']:.4f}" in line and f"{m['ci_high']:.4f}" in line  # both intervals printed
     assert "paired B - A" in text and "n=4" in line
+
+
+def test_reference_keyframe_checkpoint_samples_through_the_typed_stage(
+    keyframe_ckpt: dict[str, Any], reference_ckpt: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``--keyframes`` on a reference_keyframes checkpoint builds no LightningModule (the typed
+    ReferenceKeyframeStage: its image stage makes the reference, EMA weights laid over) and its videos equal the
+    system's own ``generate`` for the same prompts and seed."""
+    import lightning as L
+
+    import ff_lightning.ablate as ablate
+    from ff_lightning.config import compose
+    from ff_lightning.data.fixtures import write_ucf_layout
+    from ff_lightning.evaluation.keyframe_generator import load_keyframes_generator
+    from ff_lightning.evaluation.samples import batch_seed
+
+    obj = torch.load(reference_ckpt, map_location="cpu", weights_only=True)
+    assert obj["global_step"] == 1 and obj["hyper_parameters"]["config"]["system"] == "reference_keyframes"
+    ema = obj["ema_state_dict"]  # trained one step: the EMA weights are not the raw ones
+    assert any(not torch.equal(v, obj["state_dict"][k]) for k, v in ema.items())
+    assert "unet.in_layer.reference_weight" in ema
+
+    def no_module(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("built a LightningModule")
+
+    with monkeypatch.context() as mp:
+        mp.setattr(ablate, "_load_checkpoint", no_module)
+        mp.setattr(L.LightningModule, "__init__", no_module)
+        gen = load_keyframes_generator(reference_ckpt, num_frames=FRAMES, sample_steps=2)
+        prompts, seed = ["a red circle moving left", "a blue square"], batch_seed(0, 0)
+        got = gen(prompts, seed)
+        ucf = write_ucf_layout(tmp_path / "ucf", classes=("ApplyEyeMakeup", "YoYo"), num_frames=16)
+        argv = ["eval", "ucf101", "--keyframes", str(reference_ckpt), "--data-root", str(ucf), "--out",
+                str(tmp_path / "run"), "--allow-missing", *QUICK]  # fmt: skip
+        assert main(argv) == 0  # the ff eval path too
+    ident = gen.identity
+    assert ident["system"] == "reference_keyframes" and ident["ema"] is True and ident["frames"]["generated"] == FRAMES
+    assert ident["sampling"]["reference"] == "image stage" and ident["sampling"]["image_guidance_weight"] == 1.0
+    _, r = _result(tmp_path / "run")
+    assert r["generator"]["system"] == "reference_keyframes" and r["samples"]["generated"] == 4
+
+    module = ablate._load_checkpoint(compose(obj["hyper_parameters"]["config"], ["module.t2i_ckpt=null"]),
+                                     reference_ckpt).eval()  # fmt: skip
+    module.ema.swap_in(module.trainable_parameters())
+    latent_hw = tuple(module.encode_frames(torch.zeros(1, 3, 32, 32)).shape[-2:])
+    want = module.generate(prompts, latent_hw, steps=2, seed=seed).clamp(-1, 1)  # the image stage's reference
+    assert got.shape == want.shape == (2, FRAMES, 3, 32, 32)
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-6)
+    plain = module.generate(prompts, latent_hw, steps=2, seed=seed, use_reference=False).clamp(-1, 1)
+    assert (got - plain).abs().max() > 1e-3  # the reference matters: equality above is not vacuous
 
 
 def test_not_a_keyframe_checkpoint_is_a_clear_error(

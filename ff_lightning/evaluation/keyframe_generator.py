@@ -10,14 +10,18 @@ system built on it (``reference_keyframes``: its reference image then comes from
   ``hyper_parameters.config``, else the ``config.yaml`` of its run folder (``<run>/version_N/config.yaml`` next to
   ``checkpoints/``); a file that is not a keyframe checkpoint (another system, no config, no UNet weights, not a
   weights-only torch file) raises :class:`~ff_lightning.evaluation.generators.GeneratorUnavailable` saying what it is;
-- the system is built from that config and the weights are loaded strictly with the same code as the sweep's
-  checkpoint rows (:func:`ff_lightning.ablate._load_checkpoint`: ``state_dict`` then ``on_load_checkpoint``, which
-  restores the EMA weights; generation uses them when present, as the sweep's evaluator does). Checkpoints hold every
-  UNet weight, so the text-to-image file the run started from (``module.t2i_ckpt``) is not read; the frozen MoVQ is
-  not in checkpoints and comes from ``module.movq_ckpt`` (``--movq PATH`` when the file moved);
-- one generator call = one :meth:`KeyframesModule.generate` call on the batch of prompts with the runner's seed for
-  that batch (so resumed runs produce the same videos), then the module's own MoVQ decode; videos ``(B, T, 3, H, W)``
-  in [-1, 1] at the module's resolution (``data.size``: the protocols' evaluators resize to their input size);
+- the model is built as a typed stage from that config (:mod:`ff_lightning.pipelines`, no LightningModule):
+  :func:`~ff_lightning.pipelines.stages.build_keyframe_stage` for ``keyframes``,
+  :func:`~ff_lightning.pipelines.reference.build_reference_keyframe_stage` for ``reference_keyframes``; the weights are
+  loaded strictly, with the EMA weights laid over when the run kept an EMA (what the system's ``on_load_checkpoint``
+  restores and the sweep's evaluator samples with). Checkpoints hold every UNet weight, so the text-to-image file the
+  run started from (``module.t2i_ckpt``) is not read; the frozen MoVQ is not in checkpoints and comes from
+  ``module.movq_ckpt`` (``--movq PATH`` when the file moved);
+- one generator call = one stage ``sample`` on the batch of prompts with the runner's seed for that batch (so resumed
+  runs produce the same videos; the same videos as the system's ``generate`` with that seed: for
+  ``reference_keyframes`` the image stage first makes the reference with seed ``seed + IMAGE_SEED_OFFSET``), then the
+  stage's MoVQ decode; videos ``(B, T, 3, H, W)`` in [-1, 1] at the model's resolution (``data.size``: the protocols'
+  evaluators resize to their input size);
 - sampling: ``sample_steps``, ``guidance_weight`` and ``sampler`` default to the checkpoint's ``module`` settings;
   the values used are recorded in the generator identity (and so in the sample folder and the result);
 - frames: a keyframe model makes ``data.num_frames`` frames. When the protocol asks for more (UCF-101: IS and FVD
@@ -165,10 +169,7 @@ def load_keyframes_generator(
     cfg = compose(raw, items, source=f"keyframe checkpoint {p}")
     dev = torch.device(device)
     h, w = (int(s) for s in cfg.data.size)
-    if str(cfg.system) == "keyframes":  # a typed stage (ff_lightning.pipelines), no LightningModule
-        sample_videos, t, latent_hw, used_ema = _typed_keyframes(p, obj, cfg, dev, (h, w))
-    else:  # systems built on KeyframesModule (reference_keyframes) run through their own generate
-        sample_videos, t, latent_hw, used_ema = _system_keyframes(p, cfg, dev, (h, w))
+    sample_videos, t, latent_hw, used_ema = _typed_keyframes(p, obj, cfg, dev, (h, w))  # no LightningModule
     del obj
     mc = cfg.module
     steps = int(sample_steps) if sample_steps is not None else int(mc.sample_steps)
@@ -220,6 +221,10 @@ def load_keyframes_generator(
         "protocol_size_hint": list(size) if size is not None else None,
         "fps_hint": fps,
     }
+    if str(cfg.system) == "reference_keyframes":  # the reference: the image stage's, seed + IMAGE_SEED_OFFSET
+        identity["sampling"].update(reference="image stage", image_guidance_weight=float(mc.image_guidance_weight),
+                                    image_steps=mc.image_steps, reference_frame=int(mc.sample_reference_frame),
+                                    reference_level=int(mc.reference_sample_level))  # fmt: skip
     if adaptation is not None:
         identity["not_comparable"] = adaptation
     log.info("keyframe generator %s: %s/%s, %d frames at %dx%d, %s %d steps, guidance %g%s", name,
@@ -229,20 +234,29 @@ def load_keyframes_generator(
 
 
 def _typed_keyframes(p: Path, obj: Any, cfg: Any, dev: torch.device, size: tuple[int, int]) -> tuple[Any, ...]:
-    """``(sample_videos, frames, latent_hw, used_ema)`` from a :class:`~ff_lightning.pipelines.stages.KeyframeStage`
-    (EMA weights laid over when the run kept an EMA, as the system's ``on_load_checkpoint`` does)."""
+    """``(sample_videos, frames, latent_hw, used_ema)`` from a typed stage (:mod:`ff_lightning.pipelines`):
+    :class:`~ff_lightning.pipelines.stages.KeyframeStage` for ``keyframes``,
+    :class:`~ff_lightning.pipelines.reference.ReferenceKeyframeStage` for ``reference_keyframes`` (its image stage makes
+    the reference, as the system's ``generate`` without one). EMA weights are laid over when the run kept an EMA, as
+    the system's ``on_load_checkpoint`` does."""
     from einops import rearrange
 
     from ff_lightning.checkpoints import CheckpointError, StageSource
+    from ff_lightning.pipelines.reference import build_reference_keyframe_stage
     from ff_lightning.pipelines.stages import build_keyframe_stage
 
+    builders = {"keyframes": build_keyframe_stage, "reference_keyframes": build_reference_keyframe_stage}
+    build = builders.get(str(cfg.system))
+    if build is None:
+        raise GeneratorUnavailable(f"{p}: sampling a {cfg.system!r} checkpoint is not wired (keyframes and "
+                                   "reference_keyframes are)")  # fmt: skip
     state = {k: v for k, v in obj["state_dict"].items() if isinstance(v, torch.Tensor)}
     ema = obj.get("ema_state_dict") if cfg.optim.ema_decay else None
     averaged = {k: v for k, v in dict(ema or {}).items() if k in state}
     state.update(averaged)
     config = OmegaConf.to_container(cfg, resolve=True)
     try:
-        stage = build_keyframe_stage(StageSource(p, dict(config), state, {}, bool(averaged))).to(dev)  # type: ignore[arg-type]
+        stage = build(StageSource(p, dict(config), state, {}, bool(averaged))).to(dev)  # type: ignore[arg-type]
     except CheckpointError as e:  # strict load: missing / unexpected keys or shapes that do not fit the config
         raise GeneratorUnavailable(f"{p}: its weights do not fit the model its config describes: {e}") from None
     t = stage.num_frames
@@ -253,27 +267,6 @@ def _typed_keyframes(p: Path, obj: Any, cfg: Any, dev: torch.device, size: tuple
         return rearrange(frames, "(b t) c h w -> b t c h w", t=t)
 
     return sample_videos, t, stage.latent_size(size), bool(averaged)
-
-
-def _system_keyframes(p: Path, cfg: Any, dev: torch.device, size: tuple[int, int]) -> tuple[Any, ...]:
-    """The same through the system (reference-image keyframe models): strict load, EMA swapped in."""
-    from ff_lightning.ablate import _load_checkpoint
-
-    try:
-        module = _load_checkpoint(cfg, p)
-    except RuntimeError as e:  # strict load: missing / unexpected keys or shapes that do not fit the config
-        raise GeneratorUnavailable(f"{p}: its weights do not fit the model its config describes: {e}") from None
-    module.to(dev).eval()
-    ema = getattr(module, "ema", None)
-    if ema is not None:
-        ema.swap_in(module.trainable_parameters())  # sample with the EMA weights; the module is never trained here
-    with torch.no_grad():
-        latent = module.encode_frames(torch.zeros(1, 3, *size, device=dev))
-
-    def sample_videos(prompts: list[str], latent_hw: Any, steps: int, method: str, weight: float, seed: int) -> Any:
-        return module.generate(prompts, latent_hw, steps=steps, sampler=method, guidance_weight=weight, seed=seed)
-
-    return sample_videos, int(module.num_frames), (int(latent.shape[-2]), int(latent.shape[-1])), ema is not None
 
 
 def _short(x: float) -> str:
