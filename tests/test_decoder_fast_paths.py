@@ -93,7 +93,7 @@ def test_decoder_matches_frame_by_frame_reference(variant: str) -> None:
         assert torch.equal(model.decode(lat, num_frames=5), fast)
 
 
-@pytest.mark.parametrize("variant", ["image", "conv3x1x1_attn", "2d_to_3d"])
+@pytest.mark.parametrize("variant", ["image", "conv3x1x1_attn", "resblock_attn", "2d_to_3d"])
 def test_decoder_in_pieces_matches_whole_batch(monkeypatch: pytest.MonkeyPatch, variant: str) -> None:
     from conftest import load_benchmark
 
@@ -109,6 +109,33 @@ def test_decoder_in_pieces_matches_whole_batch(monkeypatch: pytest.MonkeyPatch, 
     torch.testing.assert_close(pieces, whole, atol=1e-5, rtol=1e-5)
     out = layers.in_pieces(lambda a, b: a * 2 + b, torch.ones(3, 2), torch.arange(3.0)[:, None].expand(3, 2))
     assert torch.equal(out, torch.tensor([[2.0, 2.0], [3.0, 3.0], [4.0, 4.0]]))
+
+
+def test_pieces_written_over_the_input_and_added_into_the_residual(monkeypatch: pytest.MonkeyPatch) -> None:
+    from ff_lightning.models import layers
+
+    monkeypatch.setattr(layers, "PIECE_ELEMENTS", 4)  # two rows of 2 x 2 per piece
+    torch.manual_seed(0)
+    conv = nn.Conv2d(1, 1, 3, padding=1)
+    x, h = torch.randn(5, 1, 2, 2), torch.randn(5, 1, 2, 2)
+    with torch.no_grad():
+        want = conv(x)
+        own = x.clone()
+        got = layers.in_pieces(conv, own, into_x=True)  # each piece read before it is overwritten
+        assert got is own
+        torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-6)
+        kept = x.clone()
+        assert layers.in_pieces(conv, kept) is not kept and torch.equal(kept, x)  # default: x untouched
+        shortcut = nn.Conv2d(1, 1, 1)
+        fresh = h.clone()
+        res = layers._residual_of(shortcut, x, fresh)  # fn(x) + h, fn run on pieces added into h
+        assert res is fresh
+        torch.testing.assert_close(res, shortcut(x) + h, atol=1e-6, rtol=1e-6)
+    with torch.enable_grad():  # under autograd: one call, no in-place writes
+        xg = x.clone().requires_grad_()
+        out = layers._residual_of(shortcut, xg, h.clone())
+        torch.testing.assert_close(out, shortcut(x) + h)
+        assert out.requires_grad
 
 
 @pytest.mark.parametrize("videos", [1, 2])  # one video: the tap convs under autograd; two: Conv3d there

@@ -65,16 +65,27 @@ def silu_fresh(h: torch.Tensor) -> torch.Tensor:
     return F.silu(h, inplace=_inplace_ok(h))
 
 
-#: rows of a per-frame op run together without autograd: this many elements of its input (2 MiB of float32)
-PIECE_ELEMENTS = 1 << 19
+#: rows of a per-frame op run together without autograd: this many elements of its input (1 MiB of float32)
+PIECE_ELEMENTS = 1 << 18
 
 
-def in_pieces(fn: Callable[..., torch.Tensor], x: torch.Tensor, *rows: torch.Tensor | None) -> torch.Tensor:
+def in_pieces(
+    fn: Callable[..., torch.Tensor],
+    x: torch.Tensor,
+    *rows: torch.Tensor | None,
+    row_elements: int | None = None,
+    into_x: bool = False,
+) -> torch.Tensor:
     """``fn(x, *rows)`` for an ``fn`` that treats every row (frame) on its own, run on pieces of rows of about
     :data:`PIECE_ELEMENTS` input elements when no gradient is recorded, the results written into one output: the
-    op's temporaries exist for one piece at a time. ``rows``: tensors with ``x``'s rows (or None), sliced alike."""
+    op's temporaries exist for one piece at a time. ``rows``: tensors with ``x``'s rows (or None), sliced alike.
+    ``row_elements``: the size of one row to count instead of ``x[0].numel()`` (for ops whose temporaries are larger
+    than their input). ``into_x``: the output may be written over ``x`` itself (for an ``x`` nobody else reads
+    afterwards; used when ``fn`` keeps each row's shape and dtype): each piece is read before it is overwritten,
+    so the op needs no second full-size tensor."""
     n = x.shape[0]
-    step = max(1, PIECE_ELEMENTS // max(1, x[0].numel())) if n else n
+    size = x[0].numel() if row_elements is None else row_elements
+    step = max(1, PIECE_ELEMENTS // max(1, size)) if n else n
     if torch.is_grad_enabled() or step >= n:
         return fn(x, *rows)
 
@@ -82,7 +93,8 @@ def in_pieces(fn: Callable[..., torch.Tensor], x: torch.Tensor, *rows: torch.Ten
         return fn(x[i : i + step], *(r if r is None else r[i : i + step] for r in rows))
 
     first = piece(0)
-    out = first.new_empty(n, *first.shape[1:])
+    reuse = into_x and _inplace_ok(x) and first.shape[1:] == x.shape[1:] and first.dtype == x.dtype
+    out = x if reuse else first.new_empty(n, *first.shape[1:])
     out[:step] = first
     del first
     for i in range(step, n, step):
@@ -99,8 +111,10 @@ class SpatialNorm(nn.Module):
 
     Computed with few full-size temporaries: ``conv_y`` and ``conv_b`` run as one 1x1 conv of ``2c`` outputs on the
     *small* ``zq`` (a 1x1 conv commutes with nearest interpolation, so this is the same per-pixel value), and when
-    ``h / h'`` and ``w / w'`` are integers the scale and shift are broadcast over ``f x f`` blocks of the normalised
-    ``x`` instead of being interpolated (in place when no gradient is recorded). The straightforward formula is kept
+    ``h / h'`` and ``w / w'`` are integers the scale and shift are repeated along the width only (a small copy) and
+    broadcast over the ``h / h'`` rows of each latent row of the normalised ``x`` instead of being interpolated (in
+    place when no gradient is recorded; whole contiguous rows per broadcast step vectorise far better than
+    ``f``-wide blocks). The straightforward formula is kept
     as :meth:`forward_reference` (tests check the two agree).
     """
 
@@ -131,12 +145,15 @@ class SpatialNorm(nn.Module):
         ):  # no integer block size: interpolate the (2c-channel) conv output instead
             scale, shift = F.interpolate(F.conv2d(zq, weight, bias), size=(hh, ww), mode="nearest").split(c, 1)
             return h * scale + shift
-        scale, shift = F.conv2d(zq, weight, bias).split(c, 1)  # (n, c, h', w') each, on the small latent
-        blocks = h.view(n, c, zh, hh // zh, zw, ww // zw)  # every latent pixel's f x f block of output pixels
-        scale, shift = scale[:, :, :, None, :, None], shift[:, :, :, None, :, None]
+        fh, fw = hh // zh, ww // zw
+        both = F.conv2d(zq, weight, bias)  # (n, 2c, h', w'): scale and shift on the small latent
+        if fw > 1:  # widen to full rows (n, 2c, h', w): a 1/fh-size copy, so the broadcast runs along whole rows
+            both = both[..., None].expand(n, 2 * c, zh, zw, fw).reshape(n, 2 * c, zh, ww)
+        scale, shift = both[:, :c, :, None], both[:, c:, :, None]  # (n, c, h', 1, w) each
+        rows = h.view(n, c, zh, fh, ww)  # the fh output rows of every latent row
         if _inplace_ok(h, scale, shift):
-            return blocks.mul_(scale).add_(shift).view(n, c, hh, ww)
-        return (blocks * scale).add_(shift).view(n, c, hh, ww)
+            return rows.mul_(scale).add_(shift).view(n, c, hh, ww)
+        return (rows * scale).add_(shift).view(n, c, hh, ww)
 
 
 def make_norm(channels: int, zq_channels: int | None, num_groups: int = 32) -> nn.Module:
@@ -187,6 +204,18 @@ def _residual(x: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
     if _inplace_ok(x, h) and x.is_contiguous() and h.is_contiguous():  # same layout: the same sums as x + h
         return h.add_(x)
     return x + h
+
+
+def _residual_of(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+    """``fn(x) + h`` for a per-row ``fn`` and a fresh ``h``: without autograd ``fn`` runs on pieces of rows (as
+    :func:`in_pieces`) added into ``h`` piece by piece, so neither ``fn(x)`` nor its temporaries exist whole."""
+    n = x.shape[0]
+    step = max(1, PIECE_ELEMENTS // max(1, x[0].numel())) if n else n
+    if step >= n or not (_inplace_ok(x, h) and h.is_contiguous()):
+        return _residual(fn(x), h)
+    for i in range(0, n, step):
+        h[i : i + step].add_(fn(x[i : i + step]))  # the same sums as h + fn(x), one piece at a time
+    return h
 
 
 class ResnetBlock(nn.Module):
@@ -247,6 +276,8 @@ class ResnetBlock(nn.Module):
         return merge(h, t)
 
     def _norm_conv(self, index: int, x: torch.Tensor, zq: torch.Tensor | None, num_frames: int) -> torch.Tensor:
+        """``conv(act(norm(x, zq)))``; for ``index == 2`` ``x`` is the block's own intermediate, which the result
+        may overwrite piece by piece."""
         norm, conv = getattr(self, f"norm{index}"), getattr(self, f"conv{index}")
         drop = self.dropout if index == 2 else nn.Identity()
 
@@ -255,15 +286,16 @@ class ResnetBlock(nn.Module):
 
         if isinstance(conv, nn.Conv3d):
             return _frame_conv(conv, act(x, zq), num_frames)
-        return in_pieces(lambda xp, zp: conv(act(xp, zp)), x, zq)  # per frame: pieces without autograd
+        # per frame: pieces without autograd (conv2's result over its input, which only this block holds)
+        return in_pieces(lambda xp, zp: conv(act(xp, zp)), x, zq, into_x=index == 2)
 
     def forward(self, x: torch.Tensor, zq: torch.Tensor | None = None, num_frames: int = 1) -> torch.Tensor:
         h = self._norm_conv(1, x, zq, num_frames)
         h = self._temporal(h, 1, num_frames)
         h = self._norm_conv(2, h, zq, num_frames)
         h = self._temporal(h, 2, num_frames)
-        if self.in_channels != self.out_channels:
-            x = self.nin_shortcut(x)
+        if self.in_channels != self.out_channels:  # the 1x1 shortcut in pieces, added into h
+            return _residual_of(self.nin_shortcut, x, h)
         return _residual(x, h)
 
 
@@ -378,20 +410,28 @@ class Upsample(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[-2] * x.shape[-1] < 64:  # tiny maps: four small convs cost more than they save
             return self.forward_reference(x)
-        return in_pieces(self._subpixel, x)  # frames are independent: pieces without autograd
-
-    def _subpixel(self, x: torch.Tensor) -> torch.Tensor:
+        kernels = self._phase_kernels()
         n, _, h, w = x.shape
-        taps = _PHASE_TAPS.to(device=x.device, dtype=self.conv.weight.dtype)
-        # (a, b, out, in, 2, 2): the phase kernels, rows combined with taps[a], columns with taps[b]
-        kernels = torch.einsum("ary,oiyx,bcx->aboirc", taps, self.conv.weight, taps)
-        padded = F.pad(x, (1, 1, 1, 1))
         out = x.new_empty(n, self.conv.out_channels, h, 2, w, 2)
+        # frames are independent: without autograd, pieces sized by the 4x larger output, written in place
+        step = n if torch.is_grad_enabled() else max(1, PIECE_ELEMENTS // max(1, 4 * x[0].numel()))
+        for i in range(0, n, step):
+            self._subpixel(x[i : i + step], kernels, out[i : i + step])
+        return out.view(n, self.conv.out_channels, 2 * h, 2 * w)
+
+    def _phase_kernels(self) -> torch.Tensor:
+        """``(a, b, out, in, 2, 2)``: the phase kernels, rows combined with ``taps[a]``, columns with ``taps[b]``."""
+        taps = _PHASE_TAPS.to(device=self.conv.weight.device, dtype=self.conv.weight.dtype)
+        return torch.einsum("ary,oiyx,bcx->aboirc", taps, self.conv.weight, taps).contiguous()
+
+    def _subpixel(self, x: torch.Tensor, kernels: torch.Tensor, out: torch.Tensor) -> None:
+        """The four phases of ``x`` ``(n, c, h, w)`` written into ``out`` ``(n, c, h, 2, w, 2)``."""
         for a in range(2):
             for b in range(2):
-                phase = F.conv2d(padded[:, :, a : a + h + 1, b : b + w + 1], kernels[a, b], self.conv.bias)
-                out[:, :, :, a, :, b] = phase
-        return out.view(n, self.conv.out_channels, 2 * h, 2 * w)
+                # rows a-1 .. a+h-1 and columns b-1 .. b+w-1 of x, zero outside: the phase's (h+1) x (w+1) window
+                window = F.pad(x, (1 - b, b, 1 - a, a))
+                out[:, :, :, a, :, b] = F.conv2d(window, kernels[a, b], self.conv.bias)
+                del window
 
 
 class Downsample(nn.Module):

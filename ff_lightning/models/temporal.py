@@ -127,6 +127,7 @@ def conv3d_as_taps(conv: nn.Conv3d, x: torch.Tensor, num_frames: int) -> torch.T
         else:
             y = F.conv2d(x, w[:, :, tap], padding=pad).view_as(video_out)[:, src]
         video_out[:, dst] += y  # in place also under autograd: the conv's backward does not use its output
+        del y  # not alive while the next tap is computed
     return video_out.reshape(out.shape)
 
 
