@@ -54,6 +54,12 @@ def test_conv3d_as_taps_matches_conv3d(kernel: tuple[int, int, int], videos: int
     torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-5)
     assert torch.equal(conv3d_as_taps(conv, x[:2], 1), conv3d_as_taps(conv, x[:2], 1))
     torch.testing.assert_close(conv3d_as_taps(conv, x, 1), _frame_conv_reference(conv, x, 1), atol=1e-5, rtol=1e-5)
+    with torch.no_grad():  # in pieces of frames: the same sums as the whole batch
+        whole = conv3d_as_taps(conv, x, frames)
+        for piece in (1, 2, 4):
+            torch.testing.assert_close(conv3d_as_taps(conv, x, frames, piece), whole, atol=1e-6, rtol=1e-6)
+    with torch.set_grad_enabled(grad):  # under autograd the pieces are ignored
+        torch.testing.assert_close(conv3d_as_taps(conv, x, frames, 2), ref, atol=1e-5, rtol=1e-5)
     if grad:
         g_ref = torch.autograd.grad(ref.square().sum(), [*conv.parameters()])
         g_got = torch.autograd.grad(got.square().sum(), [*conv.parameters()])
@@ -61,15 +67,17 @@ def test_conv3d_as_taps_matches_conv3d(kernel: tuple[int, int, int], videos: int
             torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-5)
 
 
-@pytest.mark.parametrize("size", [(8, 8), (9, 12), (2, 3)])  # sub-pixel path, odd sizes, tiny (reference path)
+# sub-pixel path, odd sizes, 4x4 (sub-pixel with enough elements), tiny (reference path)
+@pytest.mark.parametrize("size", [(8, 8), (9, 12), (4, 4), (2, 3)])
 @pytest.mark.parametrize("grad", [False, True])
 def test_upsample_subpixel_matches_reference(size: tuple[int, int], grad: bool) -> None:
     torch.manual_seed(0)
     up = Upsample(6)
-    x = torch.randn(2, 6, *size)
+    n = 171 if size == (4, 4) else 2  # 4x4: enough elements in all (16384) for the sub-pixel path
+    x = torch.randn(n, 6, *size)
     with torch.set_grad_enabled(grad):
         ref, got = up.forward_reference(x), up(x)
-    assert got.shape == (2, 6, 2 * size[0], 2 * size[1])
+    assert got.shape == (n, 6, 2 * size[0], 2 * size[1])
     torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-5)
     if grad:
         g_ref = torch.autograd.grad(ref.square().sum(), [*up.parameters()])

@@ -186,9 +186,11 @@ def _conv3x3(cin: int, cout: int, video: bool) -> nn.Module:
 
 
 def _frame_conv(conv: nn.Module, x: torch.Tensor, num_frames: int) -> torch.Tensor:
-    """Apply a Conv2d per frame, or a Conv3d over the frames of each video. ``x``: ``(b t) c h w``."""
+    """Apply a Conv2d per frame, or a Conv3d over the frames of each video (without autograd in pieces of frames of
+    about :data:`PIECE_ELEMENTS` input elements). ``x``: ``(b t) c h w``."""
     if isinstance(conv, nn.Conv3d):
-        return conv3d_frames(conv, x, num_frames)
+        piece = max(1, PIECE_ELEMENTS // max(1, x[0].numel())) if x.shape[0] else None
+        return conv3d_frames(conv, x, num_frames, piece)
     return conv(x)
 
 
@@ -388,6 +390,8 @@ class TemporalResnetBlock(nn.Module):
 # Nearest x2 upsampling then a 3x3 conv, per output phase a (row parity): which of the 3 kernel rows fall on
 # input row i-1+a and i+a. Phase 0 reads rows (i-1, i) with kernel rows (0, 1+2); phase 1 rows (i, i+1) with (0+1, 2).
 _PHASE_TAPS = torch.tensor([[[1.0, 0.0, 0.0], [0.0, 1.0, 1.0]], [[1.0, 1.0, 0.0], [0.0, 0.0, 1.0]]])
+# (a, b, 9, 4): the flattened 3x3 kernel -> the flattened 2x2 kernel of output phase (a, b), as one 0/1 matrix
+_PHASE_MATS = torch.einsum("ary,bcx->abyxrc", _PHASE_TAPS, _PHASE_TAPS).reshape(2, 2, 9, 4).contiguous()
 
 
 class Upsample(nn.Module):
@@ -396,7 +400,8 @@ class Upsample(nn.Module):
     Computed sub-pixel: each of the four output phases ``(2i + a, 2j + b)`` is a 2x2 conv of the low-resolution input
     with the 3x3 kernel's taps summed per phase (the same sums, regrouped: equal up to float rounding, 1e-5 in the
     tests), 16 instead of 36 multiply-adds per input pixel and channel pair, and no upsampled copy of the input
-    (below 8x8 input pixels the straightforward path is faster on CPU and is used).
+    (below 4x4 input pixels, or below 16384 input elements in all, the straightforward path is faster on CPU and is
+    used).
     :meth:`forward_reference` keeps the straightforward interpolate-then-conv.
     """
 
@@ -408,29 +413,33 @@ class Upsample(nn.Module):
         return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.shape[-2] * x.shape[-1] < 64:  # tiny maps: four small convs cost more than they save
+        if x.shape[-2] * x.shape[-1] < 16 or x.numel() < 16384:  # tiny maps: four small convs cost more than they save
             return self.forward_reference(x)
         kernels = self._phase_kernels()
         n, _, h, w = x.shape
         out = x.new_empty(n, self.conv.out_channels, h, 2, w, 2)
-        # frames are independent: without autograd, pieces sized by the 4x larger output, written in place
-        step = n if torch.is_grad_enabled() else max(1, PIECE_ELEMENTS // max(1, 4 * x[0].numel()))
+        # frames are independent: without autograd, pieces of input rows written in place into the output
+        step = n if torch.is_grad_enabled() else max(1, PIECE_ELEMENTS // max(1, x[0].numel()))
         for i in range(0, n, step):
             self._subpixel(x[i : i + step], kernels, out[i : i + step])
         return out.view(n, self.conv.out_channels, 2 * h, 2 * w)
 
-    def _phase_kernels(self) -> torch.Tensor:
-        """``(a, b, out, in, 2, 2)``: the phase kernels, rows combined with ``taps[a]``, columns with ``taps[b]``."""
-        taps = _PHASE_TAPS.to(device=self.conv.weight.device, dtype=self.conv.weight.dtype)
-        return torch.einsum("ary,oiyx,bcx->aboirc", taps, self.conv.weight, taps).contiguous()
+    def _phase_kernels(self) -> list[list[torch.Tensor]]:
+        """``[a][b]``: the ``(out, in, 2, 2)`` kernel of output phase ``(a, b)`` (rows combined with
+        ``_PHASE_TAPS[a]``, columns with ``_PHASE_TAPS[b]``), each one small matrix product of the flattened 3x3
+        kernels (contiguous, no einsum intermediates)."""
+        w = self.conv.weight
+        flat = w.reshape(w.shape[0] * w.shape[1], 9)
+        mats = _PHASE_MATS.to(device=w.device, dtype=w.dtype)
+        return [[(flat @ mats[a, b]).view(*w.shape[:2], 2, 2) for b in range(2)] for a in range(2)]
 
-    def _subpixel(self, x: torch.Tensor, kernels: torch.Tensor, out: torch.Tensor) -> None:
+    def _subpixel(self, x: torch.Tensor, kernels: list[list[torch.Tensor]], out: torch.Tensor) -> None:
         """The four phases of ``x`` ``(n, c, h, w)`` written into ``out`` ``(n, c, h, 2, w, 2)``."""
         for a in range(2):
             for b in range(2):
                 # rows a-1 .. a+h-1 and columns b-1 .. b+w-1 of x, zero outside: the phase's (h+1) x (w+1) window
                 window = F.pad(x, (1 - b, b, 1 - a, a))
-                out[:, :, :, a, :, b] = F.conv2d(window, kernels[a, b], self.conv.bias)
+                out[:, :, :, a, :, b] = F.conv2d(window, kernels[a][b], self.conv.bias)
                 del window
 
 

@@ -104,18 +104,21 @@ def _taps_apply(conv: nn.Conv3d) -> bool:
     )
 
 
-def conv3d_as_taps(conv: nn.Conv3d, x: torch.Tensor, num_frames: int) -> torch.Tensor:
+def conv3d_as_taps(conv: nn.Conv3d, x: torch.Tensor, num_frames: int, piece_frames: int | None = None) -> torch.Tensor:
     """A "same" Conv3d with temporal kernel 3 over the frames of each video, as three 2D convs (one per temporal
     tap) on the folded frames, the neighbour taps added to the shifted output rows. ``x``: ``(b t) c h w``.
 
     Equal to ``fold_frames(conv(unfold_frames(x, t)))`` up to float summation order (tests: 1e-5), without the two
     layout copies and without PyTorch's slow CPU vol2col path at small ``n * c * t * h``; the one extra full-size
-    temporary is a tap's output.
+    temporary is a tap's output. ``piece_frames``: without autograd, compute the output ``piece_frames`` frames at a
+    time (each piece's taps read the frames next to it), so the temporaries are piece-sized; the same sums.
     """
     if x.shape[0] % num_frames:
         raise ValueError(f"batch of {x.shape[0]} rows is not a multiple of num_frames={num_frames}")
     pad = (conv.kernel_size[1] // 2, conv.kernel_size[2] // 2)
     w = conv.weight
+    if piece_frames is not None and 0 < piece_frames < num_frames and not torch.is_grad_enabled():
+        return _taps_in_pieces(x, w, conv.bias, pad, num_frames, piece_frames)
     out = F.conv2d(x, w[:, :, 1], conv.bias, padding=pad)  # the centre tap: frame t from frame t
     if num_frames == 1:
         return out
@@ -131,10 +134,35 @@ def conv3d_as_taps(conv: nn.Conv3d, x: torch.Tensor, num_frames: int) -> torch.T
     return video_out.reshape(out.shape)
 
 
-def conv3d_frames(conv: nn.Conv3d, x: torch.Tensor, num_frames: int) -> torch.Tensor:
+def _taps_in_pieces(
+    x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None, pad: tuple[int, int], t: int, step: int
+) -> torch.Tensor:
+    """:func:`conv3d_as_taps` without autograd, ``step`` output frames of each video at a time: centre tap, plus the
+    previous frame's tap, plus the next frame's tap (the order of the whole-batch sums)."""
+    before, centre, after = (w[:, :, k].contiguous() for k in range(3))  # each tap's 2D kernel, copied once
+    out = None
+    for v in range(0, x.shape[0], t):  # each video's frames are rows v .. v + t - 1
+        for s in range(0, t, step):
+            e = min(s + step, t)
+            piece = F.conv2d(x[v + s : v + e], centre, bias, padding=pad)
+            lo = max(s, 1)  # frames with a previous frame
+            if lo < e:
+                piece[lo - s :] += F.conv2d(x[v + lo - 1 : v + e - 1], before, padding=pad)
+            hi = min(e, t - 1)  # frames with a next frame
+            if s < hi:
+                piece[: hi - s] += F.conv2d(x[v + s + 1 : v + hi + 1], after, padding=pad)
+            if out is None:
+                out = piece.new_empty(x.shape[0], *piece.shape[1:])
+            out[v + s : v + e] = piece
+            del piece
+    assert out is not None
+    return out
+
+
+def conv3d_frames(conv: nn.Conv3d, x: torch.Tensor, num_frames: int, piece_frames: int | None = None) -> torch.Tensor:
     """``conv`` (a "same" Conv3d) over the frames of each video of folded ``x`` ``(b t) c h w``, without the
     ``b c t h w`` layout: temporal kernel 1 is a Conv2d per frame, temporal kernel 3 :func:`conv3d_as_taps` (without
-    autograd or for one video); anything else runs the Conv3d on the unfolded layout. Equal to ``fold_frames(conv(unfold_frames(x, t)))`` up to float
+    autograd or for one video; ``piece_frames``: see there); anything else runs the Conv3d on the unfolded layout. Equal to ``fold_frames(conv(unfold_frames(x, t)))`` up to float
     summation order."""
     kt, kh, kw = conv.kernel_size
     plain = conv.stride == (1, 1, 1) and conv.dilation == (1, 1, 1) and conv.padding_mode == "zeros"
@@ -145,7 +173,7 @@ def conv3d_frames(conv: nn.Conv3d, x: torch.Tensor, num_frames: int) -> torch.Te
     # the tap convs beat CPU Conv3d without autograd, or for one video (contiguous frame slices); with several
     # videos under autograd the slicing costs more than it saves (measured fwd + bwd), so Conv3d runs there
     if plain and _taps_apply(conv) and (x.shape[0] == num_frames or not torch.is_grad_enabled()):
-        return conv3d_as_taps(conv, x, num_frames)
+        return conv3d_as_taps(conv, x, num_frames, piece_frames)
     return fold_frames(conv(unfold_frames(x, num_frames)))
 
 
