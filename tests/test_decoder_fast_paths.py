@@ -68,6 +68,24 @@ def test_conv3d_as_taps_matches_conv3d(kernel: tuple[int, int, int], videos: int
 
 
 # sub-pixel path, odd sizes, 4x4 (sub-pixel with enough elements), tiny (reference path)
+@pytest.mark.parametrize("kernel", [(3, 1, 1), (3, 3, 3)])
+@pytest.mark.parametrize("videos", [1, 2])
+def test_conv3d_as_taps_stacked_on_small_maps(kernel: tuple[int, int, int], videos: int) -> None:
+    # maps of <= STACKED_MAX_PIXELS pixels without autograd: neighbouring frames stacked as channels, one conv
+    from ff_lightning.models.temporal import STACKED_MAX_PIXELS
+
+    torch.manual_seed(0)
+    conv = nn.Conv3d(16, 12, kernel, padding=tuple(k // 2 for k in kernel))
+    frames = 5
+    x = torch.randn(videos * frames, 16, 4, 4)
+    assert 16 <= STACKED_MAX_PIXELS
+    ref = _frame_conv_reference(conv, x, frames)
+    with torch.no_grad():
+        for piece in (None, 1, 2, 5):
+            torch.testing.assert_close(conv3d_as_taps(conv, x, frames, piece), ref, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(conv3d_as_taps(conv, x, 1), _frame_conv_reference(conv, x, 1), atol=1e-5, rtol=1e-5)
+
+
 @pytest.mark.parametrize("size", [(8, 8), (9, 12), (4, 4), (2, 3)])
 @pytest.mark.parametrize("grad", [False, True])
 def test_upsample_subpixel_matches_reference(size: tuple[int, int], grad: bool) -> None:
