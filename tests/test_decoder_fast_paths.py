@@ -84,6 +84,7 @@ def test_conv3d_as_taps_stacked_on_small_maps(kernel: tuple[int, int, int], vide
         for piece in (None, 1, 2, 5):
             torch.testing.assert_close(conv3d_as_taps(conv, x, frames, piece), ref, atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(conv3d_as_taps(conv, x, 1), _frame_conv_reference(conv, x, 1), atol=1e-5, rtol=1e-5)
+        assert conv3d_as_taps(conv, x[:0], frames, 2).shape == (0, 12, 4, 4)  # no frames: an empty result
 
 
 @pytest.mark.parametrize("size", [(8, 8), (9, 12), (4, 4), (2, 3)])
@@ -135,6 +136,17 @@ def test_decoder_in_pieces_matches_whole_batch(monkeypatch: pytest.MonkeyPatch, 
     torch.testing.assert_close(pieces, whole, atol=1e-5, rtol=1e-5)
     out = layers.in_pieces(lambda a, b: a * 2 + b, torch.ones(3, 2), torch.arange(3.0)[:, None].expand(3, 2))
     assert torch.equal(out, torch.tensor([[2.0, 2.0], [3.0, 3.0], [4.0, 4.0]]))
+
+
+@pytest.mark.parametrize("variant", ["image", "conv3x3x3_attn", "resblock_attn"])
+def test_decoder_no_frames(variant: str) -> None:
+    from conftest import load_benchmark
+
+    bench = load_benchmark("decoder_speed")
+    model = bench.make_model("small", variant, seed=0, device="cpu")
+    lat = bench.make_latents(model, 32, 4, seed=1, device="cpu")[:0]
+    with torch.no_grad():
+        assert model.decode(lat, num_frames=4).shape == (0, 3, 32, 32)
 
 
 def test_pieces_written_over_the_input_and_added_into_the_residual(monkeypatch: pytest.MonkeyPatch) -> None:

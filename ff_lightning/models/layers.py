@@ -73,19 +73,16 @@ def in_pieces(
     fn: Callable[..., torch.Tensor],
     x: torch.Tensor,
     *rows: torch.Tensor | None,
-    row_elements: int | None = None,
     into_x: bool = False,
 ) -> torch.Tensor:
     """``fn(x, *rows)`` for an ``fn`` that treats every row (frame) on its own, run on pieces of rows of about
     :data:`PIECE_ELEMENTS` input elements when no gradient is recorded, the results written into one output: the
     op's temporaries exist for one piece at a time. ``rows``: tensors with ``x``'s rows (or None), sliced alike.
-    ``row_elements``: the size of one row to count instead of ``x[0].numel()`` (for ops whose temporaries are larger
-    than their input). ``into_x``: the output may be written over ``x`` itself (for an ``x`` nobody else reads
-    afterwards; used when ``fn`` keeps each row's shape and dtype): each piece is read before it is overwritten,
-    so the op needs no second full-size tensor."""
+    ``into_x``: the output may be written over ``x`` itself (for an ``x`` nobody else reads afterwards; used when
+    ``fn`` keeps each row's shape and dtype): each piece is read before it is overwritten, so the op needs no second
+    full-size tensor."""
     n = x.shape[0]
-    size = x[0].numel() if row_elements is None else row_elements
-    step = max(1, PIECE_ELEMENTS // max(1, size)) if n else n
+    step = max(1, PIECE_ELEMENTS // max(1, x[0].numel())) if n else n
     if torch.is_grad_enabled() or step >= n:
         return fn(x, *rows)
 

@@ -123,7 +123,7 @@ def conv3d_as_taps(conv: nn.Conv3d, x: torch.Tensor, num_frames: int, piece_fram
         raise ValueError(f"batch of {x.shape[0]} rows is not a multiple of num_frames={num_frames}")
     pad = (conv.kernel_size[1] // 2, conv.kernel_size[2] // 2)
     w = conv.weight
-    if not torch.is_grad_enabled() and num_frames > 1:
+    if not torch.is_grad_enabled() and num_frames > 1 and x.shape[0]:
         stacked = x.shape[-2] * x.shape[-1] <= STACKED_MAX_PIXELS
         step = num_frames if piece_frames is None or piece_frames < 1 else piece_frames
         if stacked or step < num_frames:
