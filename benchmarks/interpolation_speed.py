@@ -80,6 +80,7 @@ from ff_lightning.models.interpolation_pipeline import (
 from ff_lightning.models.masked_interpolation import masked_interpolation_unet_from_t2i
 from ff_lightning.models.unet import UNET_PRESETS, KandinskyUNet
 from ff_lightning.registry import build
+from ff_lightning.systems.ema import EMA
 
 _HERE = Path(__file__).resolve().parent
 if str(_HERE) not in sys.path:  # run as a script or loaded by file path: the shared helpers sit next to it
@@ -90,6 +91,7 @@ from _common import command_line, cpu_name, output_paths, timestamp, write_csv  
 TRAIN_STEPS = 200
 LR = 5e-4
 AUGMENT = True
+EMA_DECAY = 0.0
 METHOD_LABELS = {
     "fusionframes": "FusionFrames",
     "masked": "masked frames",
@@ -267,7 +269,7 @@ def train(args: argparse.Namespace, setup: Setup, cache: Path) -> dict[str, dict
     """Equal budgets on the same batches (encoded once); returns per-method timing, loss curve and final loss."""
     methods, null = setup.methods, setup.null
     schedule = NoiseSchedule.cosine(1000)
-    opts, gens, stats = {}, {}, {}
+    opts, gens, stats, emas = {}, {}, {}, {}
     for name, method in methods.items():
         method.unet.train()
         params = [p for p in method.unet.parameters() if p.requires_grad]
@@ -275,6 +277,8 @@ def train(args: argparse.Namespace, setup: Setup, cache: Path) -> dict[str, dict
         warmup = max(1, args.train_steps // 10)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step, w=warmup: min(1.0, (step + 1) / w))
         opts[name] = (opt, sched, params)
+        if args.ema_decay > 0:
+            emas[name] = EMA(params, args.ema_decay)
         gens[name] = torch.Generator().manual_seed(args.seed + 5)
         stats[name] = {"wall": [], "cpu": [], "loss": []}
     t0 = time.perf_counter()
@@ -290,6 +294,8 @@ def train(args: argparse.Namespace, setup: Setup, cache: Path) -> dict[str, dict
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             opt.step()
             sched.step()
+            if name in emas:
+                emas[name].update(params)
             stats[name]["wall"].append(time.perf_counter() - w0)
             stats[name]["cpu"].append(time.process_time() - c0)
             stats[name]["loss"].append(float(loss.detach()))
@@ -301,6 +307,8 @@ def train(args: argparse.Namespace, setup: Setup, cache: Path) -> dict[str, dict
     out = {}
     for name, s in stats.items():
         methods[name].unet.eval()
+        if name in emas:  # evaluate (and time) the averaged weights from here on
+            emas[name].swap_in(opts[name][2])
         tail = s["loss"][-max(1, len(s["loss"]) // 5) :]
         out[name] = {
             "train_s_per_step": statistics.median(s["wall"]),
@@ -661,6 +669,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--source", default="bundled_shapes", help="footage (default bundled_shapes: moving objects)")
     p.add_argument("--train-steps", type=int, default=TRAIN_STEPS, help=f"optimiser steps per model ({TRAIN_STEPS})")
     p.add_argument("--batch-size", type=int, default=4, help="training batch (default 4)")
+    p.add_argument(
+        "--ema-decay",
+        type=float,
+        default=EMA_DECAY,
+        help=f"EMA of the weights, used for evaluation (default {EMA_DECAY}; 0: off)",
+    )
     p.add_argument("--lr", type=float, default=LR, help=f"AdamW learning rate (default {LR}, 10%% warm-up)")
     p.add_argument("--train-size", type=int, default=32, help="training/eval frame side in pixels (default 32)")
     p.add_argument("--train-keyframes", type=int, default=3, help="keyframes per training sample (default 3)")

@@ -91,3 +91,23 @@ def test_paper_layout_flops_on_the_meta_device(bench: ModuleType) -> None:
     flops = bench.paper_step_flops(guidance=True, preset="tiny")
     ratio = flops["masked"] / flops["fusionframes"]
     assert 3.5 < ratio < 4.5  # 33 frame rows vs 8 pair rows per video (the in/out convs differ a little)
+
+
+def test_ema_weights_are_what_the_benchmark_evaluates(bench: ModuleType, bundled_cache: Path) -> None:
+    """``--ema-decay d``: after training, the models hold the averaged weights. One step with d = 0.5 leaves
+    ``0.5 * initial + 0.5 * trained``, where ``trained`` is what the same step without EMA leaves."""
+    common = ["--base", "random", "--train-size", "16", "--train-steps", "1", "--batch-size", "2", "--workers", "0",
+              "--cache", str(bundled_cache)]  # fmt: skip
+    weights = {}
+    for decay in ("0", "0.5"):
+        args = bench.parse_args([*common, "--ema-decay", decay])
+        setup = bench.build_setup(args)
+        unet = setup.methods["fusionframes"].unet
+        initial = {n: p.detach().clone() for n, p in unet.named_parameters() if p.requires_grad}
+        bench.train(args, setup, bundled_cache)
+        weights[decay] = {n: p.detach().clone() for n, p in unet.named_parameters() if p.requires_grad}
+    trainable = list(initial)
+    moved = [n for n in trainable if not torch.equal(weights["0"][n], initial[n])]
+    assert moved  # the step changed the weights
+    for n in trainable:
+        torch.testing.assert_close(weights["0.5"][n], 0.5 * initial[n] + 0.5 * weights["0"][n], rtol=0, atol=1e-6)
