@@ -41,13 +41,15 @@ import torch.utils.checkpoint
 from einops import rearrange
 from torch import nn
 
-from ff_lightning.models.temporal import conv3d_frames
+from ff_lightning.models.temporal import conv3d_frames, pointwise_conv
 from ff_lightning.registry import register_component, register_variant
 
 __all__ = [
     "SinusoidalPosEmb",
     "time_mlp",
     "ConditionalGroupNorm",
+    "conv1x1",
+    "feed_forward_1x1",
     "Attention",
     "AttentionPooling",
     "AttentionBlock",
@@ -108,9 +110,37 @@ class ConditionalGroupNorm(nn.Module):
         nn.init.zeros_(self.context_mlp[1].bias)
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
-        # n (2 c) -> two tensors n c 1 1 broadcasting over the pixels
-        scale, shift = rearrange(self.context_mlp(emb), "n (two c) -> two n c 1 1", two=2)
-        return self.norm(x) * (scale + 1.0) + shift
+        scale, shift = self.context_mlp(emb).chunk(2, dim=1)  # n (2 c) -> n c, n c
+        n, c = x.shape[:2]
+        if n and scale.dtype == x.dtype == shift.dtype and scale.shape[0] == n:
+            # one fused kernel (forward and backward): the n rows as the channels of a single sample, n * groups
+            # groups (each row's groups normalised alone, as before) and a per-(row, channel) affine
+            out = F.group_norm(
+                x.reshape(1, n * c, *x.shape[2:]), n * self.norm.num_groups, (scale + 1.0).reshape(n * c),
+                shift.reshape(n * c), self.norm.eps,
+            )  # fmt: skip
+            return out.view_as(x)
+        return self.norm(x) * (scale + 1.0)[..., None, None] + shift[..., None, None]
+
+
+def conv1x1(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+    """``conv(x)``; a plain 1x1 ``conv`` runs through :func:`~ff_lightning.models.temporal.pointwise_conv` (a batched
+    matmul on float32 CPU input at narrow widths, where the CPU conv kernels are slow)."""
+    if (
+        conv.kernel_size == (1, 1)
+        and conv.stride == (1, 1)
+        and conv.padding == (0, 0)
+        and conv.dilation == (1, 1)
+        and conv.groups == 1
+        and conv.padding_mode == "zeros"
+    ):
+        return pointwise_conv(x, conv.weight, conv.bias)
+    return conv(x)
+
+
+def feed_forward_1x1(ffn: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
+    """The attention blocks' ``Sequential(1x1 conv, SiLU, 1x1 conv)`` with both convs through :func:`conv1x1`."""
+    return conv1x1(ffn[2], ffn[1](conv1x1(ffn[0], x)))
 
 
 def attention_bias(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -240,7 +270,7 @@ class AttentionBlock(nn.Module):
         x = x + rearrange(out, "n (h w) c -> n c h w", h=h, w=w)  # tokens back to the pixel grid
         if self.temporal_layer is not None:
             x = self.temporal_layer(x, cond)
-        return x + self.feed_forward(self.out_norm(x, cond.time_embed))
+        return x + feed_forward_1x1(self.feed_forward, self.out_norm(x, cond.time_embed))
 
 
 class Block(nn.Module):
@@ -277,7 +307,7 @@ class Block(nn.Module):
         x = F.silu(self.group_norm(x, cond.time_embed))
         if self.up_sample is not None:
             x = self.up_sample(x)
-        x = self.projection(x)
+        x = conv1x1(self.projection, x)
         if self.temporal_projection is not None:
             # the Conv3d over the temporal axis of each video, on the folded layout
             temporal = conv3d_frames(self.temporal_projection, x, cond.require_num_frames())
@@ -323,9 +353,12 @@ class ResNetBlock(nn.Module):
         out = x
         for stage in self.resnet_blocks:
             out = stage(out, cond)
-        for shortcut in (self.shortcut_up_sample, self.shortcut_projection, self.shortcut_down_sample):
-            if shortcut is not None:
-                x = shortcut(x)
+        if self.shortcut_up_sample is not None:
+            x = self.shortcut_up_sample(x)
+        if self.shortcut_projection is not None:
+            x = conv1x1(self.shortcut_projection, x)
+        if self.shortcut_down_sample is not None:
+            x = self.shortcut_down_sample(x)
         return x + out
 
 
