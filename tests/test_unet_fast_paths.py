@@ -129,3 +129,41 @@ def test_keyframe_unet_step_matches_the_plain_paths(kind: str, monkeypatch: pyte
     assert any(not torch.equal(a, b) for a, b in zip(fast, plain, strict=True))  # the plain paths did run
     for a, b in zip(fast, plain, strict=True):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+def test_fused_adamw_in_the_diffusion_systems_matches_the_loop() -> None:
+    from omegaconf import OmegaConf
+
+    from ff_lightning.systems.frozen_movq import FrozenMoVQDiffusionSystem
+
+    class Tiny(FrozenMoVQDiffusionSystem):
+        def __init__(self) -> None:
+            super().__init__()
+            self.cfg = OmegaConf.create(
+                {"optim": {"lr": 1e-2, "betas": [0.9, 0.99], "weight_decay": 0.05, "warmup_steps": 0, "ema_decay": 0}}
+            )
+            self.movq = nn.Identity()
+            self.ema = None
+            self.net = nn.Sequential(nn.Conv2d(3, 8, 3), nn.Linear(6, 5))
+
+    torch.manual_seed(0)
+    system = Tiny()
+    opt = system.configure_optimizers()
+    assert opt.defaults["fused"] is True  # float CPU parameters, no trainer (or a full-precision one)
+    params = list(system.parameters())
+    ref_params = [p.detach().clone().requires_grad_() for p in params]
+    ref = torch.optim.AdamW(ref_params, lr=1e-2, betas=(0.9, 0.99), weight_decay=0.05, foreach=False)
+    for _ in range(5):
+        grads = [torch.randn_like(p) for p in params]
+        for p, q, g in zip(params, ref_params, grads, strict=True):
+            p.grad, q.grad = g.clone(), g.clone()
+        opt.step()
+        ref.step()
+    for p, q in zip(params, ref_params, strict=True):
+        torch.testing.assert_close(p.detach(), q.detach(), atol=1e-5, rtol=1e-5)
+
+    class Mixed:  # Lightning's mixed precision refuses clipping with a self-unscaling (fused) optimizer: the loop
+        precision = "bf16-mixed"
+
+    system._trainer = Mixed()  # type: ignore[assignment]
+    assert system._fused_adamw(params) is False
