@@ -69,6 +69,11 @@ def silu_fresh(h: torch.Tensor) -> torch.Tensor:
 PIECE_ELEMENTS = 1 << 18
 
 
+def piece_rows(x: torch.Tensor) -> int:
+    """Rows of ``x`` per piece: about :data:`PIECE_ELEMENTS` input elements, at least 1 (0 for an empty ``x``)."""
+    return max(1, PIECE_ELEMENTS // max(1, x[0].numel())) if x.shape[0] else 0
+
+
 def in_pieces(
     fn: Callable[..., torch.Tensor],
     x: torch.Tensor,
@@ -82,7 +87,7 @@ def in_pieces(
     ``fn`` keeps each row's shape and dtype): each piece is read before it is overwritten, so the op needs no second
     full-size tensor."""
     n = x.shape[0]
-    step = max(1, PIECE_ELEMENTS // max(1, x[0].numel())) if n else n
+    step = piece_rows(x)
     if torch.is_grad_enabled() or step >= n:
         return fn(x, *rows)
 
@@ -186,8 +191,7 @@ def _frame_conv(conv: nn.Module, x: torch.Tensor, num_frames: int) -> torch.Tens
     """Apply a Conv2d per frame, or a Conv3d over the frames of each video (without autograd in pieces of frames of
     about :data:`PIECE_ELEMENTS` input elements). ``x``: ``(b t) c h w``."""
     if isinstance(conv, nn.Conv3d):
-        piece = max(1, PIECE_ELEMENTS // max(1, x[0].numel())) if x.shape[0] else None
-        return conv3d_frames(conv, x, num_frames, piece)
+        return conv3d_frames(conv, x, num_frames, piece_rows(x))  # 0 rows: no pieces
     return conv(x)
 
 
@@ -209,7 +213,7 @@ def _residual_of(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, h:
     """``fn(x) + h`` for a per-row ``fn`` and a fresh ``h``: without autograd ``fn`` runs on pieces of rows (as
     :func:`in_pieces`) added into ``h`` piece by piece, so neither ``fn(x)`` nor its temporaries exist whole."""
     n = x.shape[0]
-    step = max(1, PIECE_ELEMENTS // max(1, x[0].numel())) if n else n
+    step = piece_rows(x)
     if step >= n or not (_inplace_ok(x, h) and h.is_contiguous()):
         return _residual(fn(x), h)
     for i in range(0, n, step):
@@ -416,7 +420,7 @@ class Upsample(nn.Module):
         n, _, h, w = x.shape
         out = x.new_empty(n, self.conv.out_channels, h, 2, w, 2)
         # frames are independent: without autograd, pieces of input rows written in place into the output
-        step = n if torch.is_grad_enabled() else max(1, PIECE_ELEMENTS // max(1, x[0].numel()))
+        step = n if torch.is_grad_enabled() else piece_rows(x)
         for i in range(0, n, step):
             self._subpixel(x[i : i + step], kernels, out[i : i + step])
         return out.view(n, self.conv.out_channels, 2 * h, 2 * w)
