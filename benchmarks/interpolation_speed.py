@@ -119,30 +119,15 @@ class Setup:
     base: dict[str, Any]  # what the models start from: movq_ckpt, t2i_ckpt, latent_scale (files named, no paths)
 
 
-def prepare_base() -> dict[str, Any]:
-    """The image MoVQ and text-to-image base of ``make compare-temporal`` / ``make tiny-models`` (their prepare
-    chain with its cache keys: cached files are reused, missing ones trained, which takes long on a CPU)."""
-    from ff_lightning.ablate import _PREPARES, _lookup, _prepare_steps, _row_config, load_sweep
-
-    sw, sweep_path = load_sweep(_HERE.parent / "experiments" / "ablations" / "temporal.yaml")
-    row = next(r for r in sw.rows if r.name == "blocks")
-    injected: dict[str, Any] = {}
-    for step in _prepare_steps(sw, sweep_path):  # image MoVQ on the shapes, then the t2i base on its latents
-        probe = _row_config(sw, sweep_path, row, injected)
-        kwargs = {"overrides": step.overrides} if step.overrides else {}
-        injected.update(_lookup(_PREPARES, "prepare step", step.name)(probe, step.experiment, False, **kwargs))
-    return injected
-
-
 def build_setup(args: argparse.Namespace) -> Setup:
     """Both models converted from one image UNet of ``--preset``: the trained t2i base (``--base trained``, with its
     MoVQ and recorded latent scale) or a seeded random one over a random MoVQ (``--base random``: tests only)."""
     from ff_lightning.config import load_config
     from ff_lightning.systems.interpolation import InterpolationModule
-    from ff_lightning.tiny_models import _base_latent_scale, latent_scale_of
+    from ff_lightning.tiny_models import _base_latent_scale, compare_temporal_base, latent_scale_of
 
     if args.base == "trained":
-        base = prepare_base()
+        base = compare_temporal_base()
         movq, t2i = base["module.movq_ckpt"], base["module.t2i_ckpt"]
         scale = _base_latent_scale(t2i) or latent_scale_of(movq)
         items = [f"module.movq_ckpt={movq}", f"module.t2i_ckpt={t2i}", f"module.latent_scale={scale}"]

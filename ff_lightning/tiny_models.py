@@ -31,7 +31,7 @@ from typing import Any
 from ff_lightning.paths import cache_dir
 
 __all__ = ["TARGETS", "tiny_dir", "find_tiny_checkpoints", "build_tiny_models", "write_untrained_stages",
-           "latent_scale_of", "INTERPOLATION_RECIPE", "DECODER_RECIPE"]  # fmt: skip
+           "latent_scale_of", "compare_temporal_base", "INTERPOLATION_RECIPE", "DECODER_RECIPE"]  # fmt: skip
 
 log = logging.getLogger(__name__)
 
@@ -169,10 +169,26 @@ def _base_latent_scale(t2i_ckpt: str | Path) -> float | None:
     return float(value) if value is not None else None
 
 
+def compare_temporal_base() -> dict[str, Any]:
+    """The image MoVQ and text-to-image base of ``make compare-temporal`` (its prepare chain for the ``blocks`` row,
+    with its cache keys: cached files are reused, missing ones trained). Returns ``{"module.movq_ckpt": path,
+    "module.t2i_ckpt": path}``."""
+    from ff_lightning.ablate import _PREPARES, _lookup, _prepare_steps, _row_config, load_sweep
+
+    sw, sweep_path = load_sweep(EXPERIMENTS / "ablations" / "temporal.yaml")
+    row = next(r for r in sw.rows if r.name == "blocks")
+    injected: dict[str, Any] = {}
+    for step in _prepare_steps(sw, sweep_path):  # image MoVQ, then the t2i base on its latents
+        probe = _row_config(sw, sweep_path, row, injected)
+        kwargs = {"overrides": step.overrides} if step.overrides else {}
+        injected.update(_lookup(_PREPARES, "prepare step", step.name)(probe, step.experiment, False, **kwargs))
+    return injected
+
+
 def build_tiny_models(redo: bool = False) -> dict[str, Any]:
     """Provide the three tiny stages (see the module docstring); returns the manifest. Stages already built are
     reused unless ``redo``."""
-    from ff_lightning.ablate import _PREPARES, _lookup, _prepare_steps, _row_config, _row_key, load_sweep
+    from ff_lightning.ablate import _row_config, _row_key, load_sweep
     from ff_lightning.config import load_config
     from ff_lightning.io import atomic_write_json
 
@@ -183,17 +199,14 @@ def build_tiny_models(redo: bool = False) -> dict[str, Any]:
 
     sw, sweep_path = load_sweep(EXPERIMENTS / "ablations" / "temporal.yaml")
     row = next(r for r in sw.rows if r.name == "blocks")
-    injected: dict[str, Any] = {}
     t0 = time.time()
+    injected: dict[str, Any]
     if all(manifest.get(k) and Path(manifest[k]).is_file() for k in ("movq_ckpt", "t2i_ckpt")):
         # the base this manifest was built on still exists: keep it (the prepare chain's cache keys hash the whole
         # resolved config, so a new schema field elsewhere would otherwise retrain MoVQ and t2i from scratch)
         injected = {"module.movq_ckpt": manifest["movq_ckpt"], "module.t2i_ckpt": manifest["t2i_ckpt"]}
     else:
-        for step in _prepare_steps(sw, sweep_path):  # compare-temporal's chain: image MoVQ, then t2i base (cached)
-            probe = _row_config(sw, sweep_path, row, injected)
-            kwargs = {"overrides": step.overrides} if step.overrides else {}
-            injected.update(_lookup(_PREPARES, "prepare step", step.name)(probe, step.experiment, False, **kwargs))
+        injected = compare_temporal_base()
         seconds["prepare"] = round(time.time() - t0, 1)
     movq, t2i = injected["module.movq_ckpt"], injected["module.t2i_ckpt"]
     if manifest.get("movq_ckpt") not in (None, movq):
