@@ -17,6 +17,16 @@ def _old_conditional_group_norm(m: ConditionalGroupNorm, x: torch.Tensor, emb: t
     return m.norm(x) * (scale + 1.0) + shift
 
 
+def _assert_same_with_grads(got: torch.Tensor, ref: torch.Tensor, inputs: list[torch.Tensor]) -> None:
+    """``got`` equals ``ref`` and so do the gradients of a random projection of each w.r.t. ``inputs`` (1e-5)."""
+    torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-5)
+    w = torch.randn_like(ref)
+    g_got = torch.autograd.grad((got * w).sum(), inputs)
+    g_ref = torch.autograd.grad((ref * w).sum(), inputs)
+    for a, b in zip(g_got, g_ref, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
 @pytest.mark.parametrize("shape", [(6, 32, 8, 8), (3, 16, 4, 5), (1, 8, 1, 1)])
 def test_conditional_group_norm_fused_matches_formula(shape: tuple[int, ...]) -> None:
     torch.manual_seed(0)
@@ -28,13 +38,7 @@ def test_conditional_group_norm_fused_matches_formula(shape: tuple[int, ...]) ->
     emb = torch.randn(n, 24, requires_grad=True)
     got = m(x, emb)
     ref = _old_conditional_group_norm(m, x, emb)
-    torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-5)
-    w = torch.randn_like(ref)
-    inputs = [x, emb, *m.parameters()]
-    g_got = torch.autograd.grad((got * w).sum(), inputs)
-    g_ref = torch.autograd.grad((ref * w).sum(), inputs)
-    for a, b in zip(g_got, g_ref, strict=True):
-        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    _assert_same_with_grads(got, ref, [x, emb, *m.parameters()])
 
 
 def test_conditional_group_norm_broadcast_and_empty() -> None:
@@ -54,13 +58,7 @@ def test_temporal_only_conv3d_as_conv2d_with_grad(kernel: tuple[int, int, int], 
     x = torch.randn(videos * 4, 6, 3, 5, requires_grad=True)
     ref = fold_frames(conv(unfold_frames(x, 4)))
     got = conv3d_frames(conv, x, 4)
-    torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-5)
-    w = torch.randn_like(ref)
-    inputs = [x, *conv.parameters()]
-    g_got = torch.autograd.grad((got * w).sum(), inputs)
-    g_ref = torch.autograd.grad((ref * w).sum(), inputs)
-    for a, b in zip(g_got, g_ref, strict=True):
-        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    _assert_same_with_grads(got, ref, [x, *conv.parameters()])
 
 
 @pytest.mark.parametrize(("cin", "cout", "bias"), [(64, 32, True), (32, 64, False), (128, 256, True), (300, 200, True)])
@@ -71,13 +69,7 @@ def test_conv1x1_as_matmul_matches_conv_with_grad(cin: int, cout: int, bias: boo
     conv = nn.Conv2d(cin, cout, 1, bias=bias)  # 300 x 200 weights: above the matmul limit, the conv itself
     x = torch.randn(5, cin, 6, 7, requires_grad=True)
     got, ref = conv1x1(conv, x), conv(x)
-    torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-5)
-    w = torch.randn_like(ref)
-    inputs = [x, *conv.parameters()]
-    g_got = torch.autograd.grad((got * w).sum(), inputs)
-    g_ref = torch.autograd.grad((ref * w).sum(), inputs)
-    for a, b in zip(g_got, g_ref, strict=True):
-        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    _assert_same_with_grads(got, ref, [x, *conv.parameters()])
     assert conv1x1(conv, torch.randn(0, cin, 2, 2)).shape == (0, cout, 2, 2)
     conv3 = nn.Conv2d(cin, cout, 3, padding=1)  # not 1x1: the conv
     torch.testing.assert_close(conv1x1(conv3, x), conv3(x))
