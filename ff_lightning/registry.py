@@ -75,6 +75,7 @@ _BUILTIN_MODULES: tuple[str, ...] = (
     "ff_lightning.models.keyframes",
     "ff_lightning.models.kv11",
     "ff_lightning.models.interpolation",
+    "ff_lightning.models.kv11_interpolation",
     "ff_lightning.models.masked_interpolation",
     "ff_lightning.models.flow_interpolation",
     "ff_lightning.models.tiny",
