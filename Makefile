@@ -27,6 +27,8 @@ ONLY ?=
 OUTPUT ?=
 MOVQ_CKPT ?=
 REDO ?=
+# Both sweeps: JOBS=N rows at a time, one worker process each (default: every CPU; each row runs single-threaded)
+JOBS ?= $(shell nproc 2>/dev/null || echo 1)
 # Options for compare-temporal: A=keyframes.ckpt B=keyframes.ckpt STEPS=N (plus MOVQ_CKPT= REDO=1 ONLY= OUTPUT=)
 A ?=
 B ?=
@@ -34,7 +36,7 @@ STEPS ?=
 
 # Variables given on the command line must be known: a typo (MOVQ_CPKT=, STEP=) stops make instead of being ignored.
 KNOWN_VARIABLES := PYTHON VENV FF_CACHE_DIR OMP_NUM_THREADS PRESET DATA TRAIN_DATA TEST_DATA TRAIN_FRAMES \
-	TEST_FRAMES MAX_TEST ONLY OUTPUT MOVQ_CKPT REDO A B STEPS
+	TEST_FRAMES MAX_TEST ONLY OUTPUT MOVQ_CKPT REDO A B STEPS JOBS
 UNKNOWN_VARIABLES := $(strip $(foreach v,$(.VARIABLES),$(if $(filter command line,$(origin $(v))),\
 	$(if $(filter $(v),$(KNOWN_VARIABLES)),,$(v)))))
 ifneq ($(UNKNOWN_VARIABLES),)
@@ -42,7 +44,8 @@ $(error unknown make variable(s) $(UNKNOWN_VARIABLES); fix: use one of $(KNOWN_V
 endif
 comma := ,
 SWEEP_OPTIONS = $(if $(STEPS),steps=$(STEPS)) $(if $(MOVQ_CKPT),movq_ckpt=$(MOVQ_CKPT)) \
-	$(if $(OUTPUT),output=$(OUTPUT)) $(foreach r,$(subst $(comma), ,$(ONLY)),--only $(r)) $(if $(REDO),--redo)
+	$(if $(OUTPUT),output=$(OUTPUT)) $(foreach r,$(subst $(comma), ,$(ONLY)),--only $(r)) $(if $(REDO),--redo) \
+	--jobs $(JOBS)
 
 .DEFAULT_GOAL := help
 .PHONY: help install test lint data ablate-decoder bench-decoder bench-interpolation compare-temporal tiny-models bench-keyframes clean

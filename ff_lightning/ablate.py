@@ -424,14 +424,21 @@ def _selected_rows(sw: SweepConfig, only: Sequence[str] | None) -> list[SweepRow
 
 
 def run_sweep(
-    path: str | Path, overrides: Sequence[str] = (), *, redo: bool = False, only: Sequence[str] | None = None
+    path: str | Path,
+    overrides: Sequence[str] = (),
+    *,
+    redo: bool = False,
+    only: Sequence[str] | None = None,
+    jobs: int = 1,
 ) -> list[dict[str, Any]]:
     """Run (or reuse) every row of a sweep and render its tables; returns the row records in sweep order.
 
     Before any work: every row's config is composed and checked, ``num_frames: all`` resolved, and one sample of
     every train / test data opened (:func:`ff_lightning.ablate_preflight.preflight`). A run that is not the sweep as
     written (``--only``, overrides, checkpoint rows) writes its tables to its own folder unless ``output=`` is given.
-    Rows and prepare steps are computed under a file lock, so two runs on one cache do the work once.
+    Rows and prepare steps are computed under a file lock, so two runs on one cache do the work once. ``jobs``: rows
+    that need work run that many at a time in worker processes (:mod:`ff_lightning.ablate_jobs`), after the prepare
+    steps; the records are the same as one after the other.
     """
     from ff_lightning.ablate_preflight import describe_setup, file_lock, own_output, preflight
     from ff_lightning.paths import cache_dir
@@ -443,12 +450,12 @@ def run_sweep(
         raise ConfigError(f"evaluator {sw.evaluator!r} takes no options: remove 'evaluate:' from {sweep_path.name}")
     _resolve_all_frames(sw, sweep_path, rows)
     # validate every row before any work starts (no prepare output yet: injected keys are validated after prepare)
-    jobs = []
+    checks = []
     for row in rows:
         cfg = _row_config(sw, sweep_path, row, {})
         _check_row(cfg, f"{sweep_path.name} row {row.name!r}")
-        jobs.append((cfg, eval_config(cfg, sw.data.get("test") or {}), not row.checkpoint and cfg.trainer.max_steps))
-    preflight(jobs)
+        checks.append((cfg, eval_config(cfg, sw.data.get("test") or {}), not row.checkpoint and cfg.trainer.max_steps))
+    preflight(checks)
     own = own_output(sw, overrides, only, rows)
     if own:
         log.info("tables go to %s (not %s: this run is not the sweep as written; output=PATH chooses)", own, sw.output)
@@ -467,23 +474,21 @@ def run_sweep(
         lock = cache_dir() / "locks" / f"prepare-{step.name}-{hashlib.sha256(what.encode()).hexdigest()[:12]}.lock"
         with file_lock(lock, f"prepare step {step.name}"):  # per prepared thing: other runs' prepares go on
             injected.update(fn(probe, step.experiment, redo, **kwargs))
-    records = []
+    from ff_lightning.ablate_jobs import run_rows
+
+    records: list[dict[str, Any] | None] = []
+    pending: list[tuple[int, tuple[Any, ...]]] = []
     for i, row in enumerate(rows, 1):
         cfg = _row_config(sw, sweep_path, row, injected)
         key = _row_key(sw, cfg, row)
         out_json = cdir / f"{row.name}-{key}.json"
-        record = None if redo else _cached(out_json, f"[{i}/{len(rows)}] {row.name}")
-        if record is None:
-            with file_lock(cdir / f"{row.name}-{key}.lock", f"row {row.name}"):
-                # another run may have finished the row while this one waited for the lock
-                record = None if redo else _cached(out_json, f"[{i}/{len(rows)}] {row.name}")
-                if record is None:
-                    what = "evaluating checkpoint" if row.checkpoint else "training and evaluating"
-                    log.info("[%d/%d] %s: %s (config %s)", i, len(rows), row.name, what, key)
-                    save_config(cfg, cdir / f"{row.name}-{key}.yaml")
-                    record = _run_row(sw, cfg, row, out_json)
-                    log.info("[%d/%d] %s: done in %.0fs", i, len(rows), row.name, record["seconds"])
-        records.append(record)
+        tag = f"[{i}/{len(rows)}] {row.name}"
+        records.append(None if redo else _cached(out_json, tag))
+        if records[-1] is None:
+            pending.append((i - 1, (sw, cfg, row, out_json, redo, tag)))
+    done = run_rows(_compute_row, [args for _, args in pending], jobs, [rows[i].name for i, _ in pending])
+    for (i, _), record in zip(pending, done, strict=True):
+        records[i] = record
     memo: dict[str, str | None] = {}
     for record in records:
         record["setup"] = describe_setup(record, memo)
@@ -491,6 +496,25 @@ def run_sweep(
     for p in written:
         log.info("wrote %s", p)
     return records
+
+
+def _compute_row(
+    sw: SweepConfig, cfg: DictConfig, row: SweepRow, out_json: Path, redo: bool, tag: str
+) -> dict[str, Any]:
+    """Train / evaluate one row under its lock and store its record at ``out_json`` (unless another run stored it
+    while this one waited for the lock). Module level: :func:`ff_lightning.ablate_jobs.run_rows` may run it in a
+    worker process."""
+    from ff_lightning.ablate_preflight import file_lock
+
+    with file_lock(out_json.with_suffix(".lock"), f"row {row.name}"):
+        record = None if redo else _cached(out_json, tag)
+        if record is None:
+            what = "evaluating checkpoint" if row.checkpoint else "training and evaluating"
+            log.info("%s: %s (config %s)", tag, what, out_json.stem.rsplit("-", 1)[-1])
+            save_config(cfg, out_json.with_suffix(".yaml"))
+            record = _run_row(sw, cfg, row, out_json)
+            log.info("%s: done in %.0fs", tag, record["seconds"])
+    return record
 
 
 def _cached(out_json: Path, what: str) -> dict[str, Any] | None:

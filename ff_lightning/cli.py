@@ -98,8 +98,18 @@ def _cmd_data(args: argparse.Namespace) -> int:
 def _cmd_ablate(args: argparse.Namespace) -> int:
     from ff_lightning.ablate import run_sweep
 
-    run_sweep(args.sweep, args.overrides, redo=args.redo, only=args.only)
+    run_sweep(args.sweep, args.overrides, redo=args.redo, only=args.only, jobs=args.jobs)
     return 0
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -165,6 +175,11 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("overrides", nargs="*", help="key=value overrides applied to the sweep (e.g. preset=paper)")
     a.add_argument("--redo", action="store_true", help="recompute rows whose results already exist")
     a.add_argument("--only", action="append", default=None, help="run only the named row(s)")
+    a.add_argument(
+        "--jobs", type=_positive_int, default=1, metavar="N",
+        help="train / evaluate up to N rows at a time in worker processes (default 1; the make targets use every "
+        "CPU with OMP_NUM_THREADS=1 per row); the results equal a one-at-a-time run",
+    )  # fmt: skip
     a.set_defaults(fn=_cmd_ablate)
 
     from ff_lightning.evaluation.cli import add_eval_parser

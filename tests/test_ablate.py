@@ -294,6 +294,39 @@ def test_redo_recomputes(env, monkeypatch: pytest.MonkeyPatch) -> None:
     ablate.run_sweep(path)  # back to all three rows (cached)
 
 
+def test_rows_in_worker_processes_equal_one_at_a_time(env, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """``jobs=2``: the rows run in spawned worker processes (this process never trains or evaluates one: its fit and
+    evaluator are replaced by ones that fail) and give the records of the one-at-a-time run, in sweep order."""
+    root, path, records = env
+    sweep = yaml.safe_load(path.read_text())
+    sweep.update(cache_dir=str(tmp_path / "rows"), output=str(tmp_path / "out" / "table"))  # rows not cached here
+    (tmp_path / "movq.yaml").write_text((root / "movq.yaml").read_text())  # the prepare step's (cached) MoVQ
+    parallel = tmp_path / "sweep.yaml"
+    parallel.write_text(yaml.safe_dump(sweep, sort_keys=False))
+    counters = _counters(monkeypatch, fail=True)
+    got = ablate.run_sweep(parallel, jobs=2)
+    assert all(c.calls == 0 for c in counters.values())
+    assert [r["row"] for r in got] == [r["row"] for r in records]
+    for new, old in zip(got, records, strict=True):
+        assert new["config_hash"] == old["config_hash"] and new["params"] == old["params"]
+        for name in ("psnr", "ssim", "mse", "flicker"):
+            assert new["metrics"][name]["value"] == pytest.approx(old["metrics"][name]["value"], rel=1e-5), name
+    assert [r["row"] for r in csv.DictReader(open(tmp_path / "out" / "table.csv", newline=""))] == ["image",
+        "c311_temporal", "c311_attn_decoder"]  # fmt: skip
+
+
+def test_failing_row_in_a_worker_is_raised_after_the_others_finish(tmp_path: Path) -> None:
+    from ff_lightning.ablate_jobs import run_rows
+
+    with pytest.raises(ZeroDivisionError):
+        run_rows(_divide, [(1, 1), (1, 0), (4, 2)], 2, ["a", "b", "c"])
+    assert run_rows(_divide, [(1, 1), (9, 3), (4, 2)], 2, ["a", "b", "c"]) == [1.0, 3.0, 2.0]
+
+
+def _divide(a: int, b: int) -> float:
+    return a / b
+
+
 # ------------------------------------------------------------------------------------------------- cache keys
 def test_cache_key_follows_row_settings_not_output_places(env) -> None:
     _, path, _ = env
