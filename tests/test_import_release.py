@@ -47,7 +47,15 @@ def test_release_layout_matches_the_manifests_at_the_paper_preset() -> None:
     assert unet(kv10["interpolation"]) == _manifest("kandinsky_video_1_0_interpolation_unet")
     assert unet(k31["t2i"]) == _manifest("kandinsky3_unet")
     assert unet(kv11["keyframes"]) == _manifest("kandinsky_video_1_1_keyframe_unet")
-    assert kv11["keyframes"]["null_embedding"] == (4096,) and "interpolation" not in kv11
+    assert kv11["keyframes"]["null_embedding"] == (4096,) and kv11["interpolation"]["null_embedding"] == (4096,)
+    # 1.1 interpolation (release constructor defaults): 1.0's keys with each stage's temporal conv moved under
+    # temporal_projection_new, plus the temporal attention blocks (tests/test_kv11_interpolation.py: the other flags)
+    moved = {k.replace(".temporal_projection.", ".temporal_projection_new.temporal_projection.")
+              .replace(".temporal_merge", ".temporal_projection_new.temporal_merge"): s
+             for k, s in _manifest("kandinsky_video_1_0_interpolation_unet").items()}  # fmt: skip
+    kv11_interp = unet(kv11["interpolation"])
+    assert {k: s for k, s in kv11_interp.items() if ".temporal_attention_block." not in k} == moved
+    assert any(".temporal_attention_block." in k for k in kv11_interp)
     assert kv10["keyframes"]["null_embedding"] == (4096,)
     assert kv10["keyframes"]["projections.t5.0.weight"] == (4096, 4096)
     assert set(k31["projection"]) == {"0.weight", "1.weight", "1.bias"}
@@ -315,5 +323,3 @@ def test_import_kv11_keyframes_reproduces_the_interop_loader_and_refuses_partial
         import_release(src, tmp_path / "out2", "kv1.1", TINY)
     assert "unet.image_in_layer.weight" in str(e.value) and "unet.temporal_motion_score_encoding.3.bias" in str(e.value)
     assert not (tmp_path / "out2").exists()
-    with pytest.raises(CheckpointError, match="interpolation UNet"):
-        import_release(src, tmp_path / "out3", "kv1.1", TINY, parts=("movq", "interpolation"))

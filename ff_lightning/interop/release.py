@@ -32,7 +32,11 @@ sha256, the text-encoder folder, the stages). The diffusion stages' ``module.saf
 (:mod:`ff_lightning.models.kv11`: 9-channel ``in_layer`` + ``image_in_layer``, motion-score and noise-augmentation
 embeddings, all under their released names) with ``t5_projections.pt``'s ``projection_base`` as its text
 projection; its stage is written (``keyframes/``) but listed under ``unwired_stages``, not ``stages``: generation
-with it is not wired. KV 1.1's ``interpolation.pt`` (another architecture) is refused (:data:`UNSUPPORTED`).
+with it is not wired. KV 1.1's ``interpolation.pt`` is the ``interpolation_unet/kv1_1`` model
+(:mod:`ff_lightning.models.kv11_interpolation`); its optional parts (the release's ``configs.json`` flags) are
+inferred from the file's keys, the file is then checked key for key against that network, and the flags are recorded
+in its stage (``model.overrides`` of ``config.yaml``, ``release_flags`` of ``export.json``); listed under
+``unwired_stages`` too.
 
 Every file is checked against the layout our models at ``preset`` expect (built on the meta device): a missing,
 unexpected or mis-shaped key anywhere refuses the whole import with one message listing them.
@@ -76,25 +80,25 @@ RELEASE_FILES: dict[str, dict[str, str]] = {
 #: format -> the parts (stages) it provides
 FORMAT_PARTS: dict[str, tuple[str, ...]] = {
     "kv1.0": ("movq", "keyframes", "interpolation"),
-    "kv1.1": ("movq", "keyframes", "decoder"),
+    "kv1.1": ("movq", "keyframes", "interpolation", "decoder"),
     "k3.1": ("movq", "t2i"),
     "movqgan": ("movq",),
 }
 #: (format, part) -> why that released part cannot be imported
-UNSUPPORTED: dict[tuple[str, str], str] = {
-    ("kv1.1", "interpolation"): (
-        "Kandinsky Video 1.1's interpolation UNet (interpolation.pt) is another architecture than 1.0's (optional "
-        "temporal compress / decompress and extra temporal convs in its ResNet stages, temporal masks; which of them "
-        "it has is set by configs.json flags not known here) that this project does not implement; leave it out of "
-        "--parts"
-    ),
-}
+UNSUPPORTED: dict[tuple[str, str], str] = {}
 #: (format, part) -> stages written but not wired into ``ff generate`` / ``ff eval`` (kept out of ``stages``)
 UNWIRED: dict[tuple[str, str], str] = {
     ("kv1.1", "keyframes"): (
         "the Kandinsky Video 1.1 keyframe UNet (keyframe_unet/kv1_1): its model loads and runs "
         "(ff_lightning.models.kv11), but generation with it (first frame from image mode, noise-augmented first-frame "
         "conditioning, the release's three-way guidance and sampler) is not wired into ff generate / ff eval"
+    ),
+    ("kv1.1", "interpolation"): (
+        "the Kandinsky Video 1.1 interpolation UNet (interpolation_unet/kv1_1, its optional parts inferred from the "
+        "file's keys and recorded as model.overrides): its model loads and runs (ff_lightning.models.kv11_interpolation"
+        "), but the release's interpolation sampling (v-prediction, 10 trailing DDPM steps on the zero-SNR cosine "
+        "schedule, guidance 0.5 with the temporal parts masked off in the unguided half, skip 3 then 1) is not wired "
+        "into ff generate / ff eval"
     ),
 }
 _PROJECTION = ("0.weight", "1.weight", "1.bias")
@@ -160,6 +164,7 @@ def release_layout(fmt: str, spec: ImportSpec = ImportSpec()) -> dict[str, dict[
         out.update(keyframes=keyframes, interpolation=interpolation)
     elif fmt == "kv1.1":
         out["keyframes"] = unet_file("keyframe_unet", "kv1_1")
+        out["interpolation"] = kv11_interpolation_layout(spec)
         out["projections"] = {f"{p}.{k}": s for p in ("projection_base", "projection_interpolation")
                               for k, s in projection.items()}  # fmt: skip
         video = _meta_state("decoder", "conv3x3x3_attn", spec.preset)
@@ -169,6 +174,19 @@ def release_layout(fmt: str, spec: ImportSpec = ImportSpec()) -> dict[str, dict[
         out["t2i"] = unet_file("t2i_unet", "kandinsky3")
         out["projection"] = projection
     return out
+
+
+def kv11_interpolation_layout(spec: ImportSpec = ImportSpec(), flags: Any = None) -> dict[str, tuple[int, ...]]:
+    """Keys and shapes of a 1.1 ``interpolation.pt`` (``unet.*`` + ``null_embedding``) at ``spec.preset`` with the
+    optional parts ``flags`` (a :class:`~ff_lightning.models.kv11_interpolation.KV11InterpolationFlags`; None: the
+    release constructor's defaults). The real file's flags are read off its keys at import (:func:`infer_flags
+    <ff_lightning.models.kv11_interpolation.infer_flags>`)."""
+    from ff_lightning import registry
+
+    overrides = {} if flags is None else flags.as_config()
+    unet = _meta_state("interpolation_unet", "kv1_1", spec.preset, **overrides)
+    ctx = int(registry.preset_config("t2i_unet", spec.preset)["context_dim"])
+    return {**{f"unet.{k}": s for k, s in unet.items()}, "null_embedding": (ctx,)}
 
 
 # ------------------------------------------------------------------------------------------------ reading
@@ -248,13 +266,21 @@ def _stage_config(system: str, spec: ImportSpec) -> dict[str, Any]:
             "module": {**common, "allow_random_t2i": True, "guidance_weight": 5.0}}  # fmt: skip
 
 
-def _stage_yaml(name: str, spec: ImportSpec, fmt: str = "") -> str:
-    """The stage's run config as yaml, validated like any run config."""
+def _stage_yaml(name: str, spec: ImportSpec, fmt: str = "", model_overrides: Mapping[str, Any] | None = None) -> str:
+    """The stage's run config as yaml, validated like any run config (``model_overrides``: ``model.overrides``)."""
     from omegaconf import OmegaConf
 
     from ff_lightning.config import compose
 
     config = _stage_config(name, spec)
+    if model_overrides:
+        config["model"]["overrides"] = dict(model_overrides)
+    if fmt == "kv1.1" and name == "interpolation":  # 1.1: three frames per pair of its 12 keyframes, 10 steps
+        from ff_lightning.models.kv11 import KV11_NUM_FRAMES
+
+        config["model"]["variant"] = "kv1_1"
+        config["data"]["num_frames"] = 4 * KV11_NUM_FRAMES - 3
+        config["module"].update(guidance_weight=0.5, sample_steps=10, sample_spacing="trailing")
     if fmt == "kv1.1" and name == "keyframes":  # the 1.1 keyframe UNet: 12 keyframes, positions 0..11
         from ff_lightning.models.kv11 import KV11_NUM_FRAMES
 
@@ -329,6 +355,12 @@ def import_release(
                               f"{src / 'weights'}); see docs/reproduce.md for where to download them")  # fmt: skip
     layout = release_layout(fmt, spec)
     files = {r: _read(r, p) for r, p in paths.items() if p is not None}
+    kv11_flags = None
+    if fmt == "kv1.1" and "interpolation" in files:  # its optional parts: read off the file's keys
+        from ff_lightning.models.kv11_interpolation import infer_flags
+
+        kv11_flags = infer_flags([k for k in files["interpolation"] if k.startswith("unet.")])
+        layout["interpolation"] = kv11_interpolation_layout(spec, kv11_flags)
     for role, tensors in files.items():  # the null embedding's stored shape is not documented: (C,) or (1, C) both fit
         null, want = tensors.get("null_embedding"), layout[role].get("null_embedding")
         if null is not None and want is not None and null.ndim > 1 and tuple(null.shape[-1:]) == want and \
@@ -344,6 +376,8 @@ def import_release(
     if fmt == "k3.1" and spec.text_encoder_path is None and paths.get("projection") is not None:
         spec = replace(spec, text_encoder_path=str(paths["projection"].parent.resolve()))  # type: ignore[union-attr]
     configs = {stage: _stage_yaml(stage, spec, fmt) for stage in wanted if stage != "movq"}  # before writing anything
+    if kv11_flags is not None:
+        configs["interpolation"] = _stage_yaml("interpolation", spec, fmt, kv11_flags.as_config())
     movq_expected = _meta_state("movq", "movqgan", spec.preset)
     movq_file = files["movq"]
     renamed = release_key_map(movq_file, movq_expected)
@@ -381,6 +415,9 @@ def import_release(
                     proj = files["projection"]
                 state.update(text_parts(proj, f["null_embedding"]))
         stages[stage] = _write_stage(out, stage, state, configs[stage], spec, fmt, sources)
+        if stage == "interpolation" and kv11_flags is not None:  # the inferred optional parts, for the record
+            stages[stage]["release_flags"] = kv11_flags.as_config()
+            atomic_write_json(out / stage / "export.json", stages[stage])
     text_path = spec.text_encoder_path
     manifest = {
         "format": fmt,

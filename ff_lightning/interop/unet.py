@@ -45,6 +45,7 @@ __all__ = [
     "load_t2i_unet",
     "load_keyframe_unet",
     "load_interpolation_unet",
+    "load_kv11_interpolation_unet",
     "save_unet_weights",
 ]
 
@@ -125,6 +126,19 @@ def load_interpolation_unet(
     """The interpolation UNet at ``preset`` with the weights of ``path``."""
     model = build("interpolation_unet", "kandinsky_video", preset, device=device)
     return load_unet_weights(model, path, prefix=prefix)
+
+
+def load_kv11_interpolation_unet(
+    path: str | Path, preset: str = "paper", *, device: str | torch.device | None = None, prefix: str | None = None
+) -> nn.Module:
+    """The Kandinsky Video 1.1 interpolation UNet (``interpolation_unet/kv1_1``) at ``preset`` with the weights of
+    ``path`` (a released ``interpolation.pt``); its optional parts are inferred from the file's keys."""
+    from ff_lightning.models.kv11_interpolation import infer_flags
+
+    tensors = read_unet_checkpoint(path, VIDEO_UNET_DOWNLOAD_HINT)
+    unet_keys = [k for k in tensors if k != "null_embedding" and not k.endswith(".null_embedding")]
+    model = build("interpolation_unet", "kv1_1", preset, device=device, **infer_flags(unet_keys).as_config())
+    return load_weights(model, tensors, prefix=prefix, ignore_prefixes=(), hint=VIDEO_UNET_DOWNLOAD_HINT)
 
 
 def save_unet_weights(model: nn.Module, path: str | Path) -> Path:
