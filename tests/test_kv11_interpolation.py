@@ -266,3 +266,41 @@ def test_up_shortcut_applies_its_post_upsample_conv_twice() -> None:
         assert torch.allclose(block(x, cond, mask), want, atol=1e-5)
     down = InterpResNetBlock(4, 4, args, "down", temporal=True, new_params=True, time_downsample=False)
     assert down.temporal_post_downsample is not None and down.temporal_post_upsample is None
+
+
+# ------------------------------------------------------------------------------------------------ sampling loop
+def test_interleave_groups_puts_three_frames_between_each_keyframe_pair() -> None:
+    from ff_lightning.pipelines.kv11_interpolation import interleave_groups
+
+    keys, groups = torch.randn(4, 2, 3, 3), torch.randn(3, 6, 3, 3)
+    video = interleave_groups(keys, groups)
+    assert video.shape == (13, 2, 3, 3)
+    for i in range(13):
+        g, f = divmod(i, 4)
+        want = keys[g] if f == 0 else groups[g, 2 * (f - 1) : 2 * f]  # frame-major channels (t c)
+        assert torch.equal(video[i], want)
+
+
+def test_guided_prediction_runs_the_guided_and_unguided_halves_as_the_release() -> None:
+    """One batch of 2n rows equals two separate calls: the prompt's context with the keyframes and temporal mask 1,
+    and the null context (token 0 only) with zeroed keyframes and temporal mask 0; combined (1 + w) c - w u."""
+    from ff_lightning.pipelines.kv11_interpolation import KV11InterpolationOptions, guided_prediction
+
+    model = _randomise(_model(add_new_temporal_params=True), 12)
+    g = torch.Generator().manual_seed(1)
+    n = 3
+    x, left, right = (torch.randn(n, c, 8, 8, generator=g) for c in (12, 4, 4))
+    ctx, cm = torch.randn(n, 3, 32, generator=g), torch.tensor([[True, True, False]] * n)
+    null = torch.randn(32, generator=g)
+    opts = KV11InterpolationOptions(guidance_weight=0.5, skip_frames=3)
+    null_ctx = torch.zeros_like(ctx)
+    null_ctx[:, 0] = null
+    null_mask = torch.tensor([[True, False, False]] * n)
+    common = dict(num_temporal_groups=n, skip_frames=3, perturbation_time=0)
+    with torch.no_grad():
+        got = guided_prediction(model, x, 700, left, right, ctx, cm, null, opts)
+        cond = model(torch.cat([left, x, right], 1), torch.tensor(700), ctx, cm, **common, temporal_mask=1.0)
+        zeros = torch.zeros_like(left)
+        uncond = model(torch.cat([zeros, x, zeros], 1), torch.tensor(700), null_ctx, null_mask, **common,
+                       temporal_mask=0.0)  # fmt: skip
+    assert torch.allclose(got, 1.5 * cond - 0.5 * uncond, atol=1e-5)
