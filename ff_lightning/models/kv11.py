@@ -287,6 +287,10 @@ def build_kv11_keyframe_unet(
 
 
 register_variant(
-    "keyframe_unet", "kv1_1", build_kv11_keyframe_unet, description=_DESIGN.description,
-    num_frames=KV11_NUM_FRAMES, frame_stride=1,
+    "keyframe_unet",
+    "kv1_1",
+    build_kv11_keyframe_unet,
+    description=_DESIGN.description,
+    num_frames=KV11_NUM_FRAMES,
+    frame_stride=1,
 )
