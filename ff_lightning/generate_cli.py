@@ -168,7 +168,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
         atomic_write_json(args.info, {
             "prompt": args.prompt, "frames": t, "size": [h, w], "fps": result.fps, "decoder": result.decoder,
             "device": args.device, "precision": args.precision, "seed": args.seed, "stages": result.weights,
-            "outputs": [str(p) for p in result.paths],
+            "outputs": [str(p) for p in result.paths], "notes": result.notes,
         })  # fmt: skip
         print(f"wrote {args.info}")
     return 0

@@ -119,6 +119,7 @@ class GenerationResult:
     seconds: dict[str, float]
     paths: list[Path] = field(default_factory=list)
     weights: dict[str, dict[str, Any]] = field(default_factory=dict)  # stage -> path, sha256, system, ...
+    notes: dict[str, str] = field(default_factory=dict)  # what the pipeline ran without (e.g. no interpolation)
 
 
 # ----------------------------------------------------------------------------------------------------- loading
@@ -484,5 +485,6 @@ def describe(result: GenerationResult, prompts: Sequence[str] = ()) -> str:
         f"decoded with the {result.decoder}",
         "seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in result.seconds.items()),
     ]
+    lines += [f"{k}: {v}" for k, v in result.notes.items()]
     lines += [f"wrote {p}" for p in result.paths]
     return "\n".join(lines)

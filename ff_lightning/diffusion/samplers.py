@@ -145,8 +145,11 @@ def quantile_rows(values: torch.Tensor, q: float) -> torch.Tensor:
     return srt[:, lo] * (1.0 - frac) + srt[:, hi] * frac
 
 
-def dynamic_threshold(x0: torch.Tensor, percentile: float, group: int = 1, min_scale: float = 1.0) -> torch.Tensor:
-    """Imagen dynamic thresholding: ``s = max(quantile_p(|x0|), min_scale)`` per sample, ``clamp(x0, -s, s) / s``.
+def dynamic_threshold(
+    x0: torch.Tensor, percentile: float, group: int = 1, min_scale: float = 1.0, max_scale: float | None = None
+) -> torch.Tensor:
+    """Imagen dynamic thresholding: ``s = max(quantile_p(|x0|), min_scale)`` per sample, ``clamp(x0, -s, s) / s``;
+    ``max_scale`` also caps ``s`` (diffusers' ``sample_max_value``: at 1, a plain clip of ``x0`` to [-1, 1]).
 
     ``x0``: ``(N, ...)``; a sample is ``group`` consecutive rows (``N`` divisible by ``group``; e.g. the frames of a
     video folded as ``(b t)``). Returns ``(N, ...)``.
@@ -154,7 +157,7 @@ def dynamic_threshold(x0: torch.Tensor, percentile: float, group: int = 1, min_s
     if x0.shape[0] % group:
         raise ValueError(f"{x0.shape[0]} rows are not a multiple of threshold group {group}")
     flat = rearrange(x0.abs().float(), "(b g) ... -> b (g ...)", g=group)  # one row per sample
-    s = quantile_rows(flat, percentile).clamp(min=min_scale)  # b
+    s = quantile_rows(flat, percentile).clamp(min=min_scale, max=max_scale)  # b
     s = repeat(s, "b -> (b g)", g=group)  # b -> (b g): one scale per row
     s = broadcast_rows(s, x0)
     return torch.maximum(torch.minimum(x0, s), -s) / s
@@ -218,6 +221,7 @@ def sample(
     eta: float = 0.0,
     threshold: float | None = 0.98,
     threshold_group: int = 1,
+    threshold_max: float | None = None,
     generator: torch.Generator | None = None,
     x_T: torch.Tensor | None = None,
     device: torch.device | str | None = None,
@@ -229,7 +233,8 @@ def sample(
 
     - ``method``: ``ddpm`` (the release's ancestral sampler; ``eta`` ignored) or ``ddim`` (``eta`` in [0, 1]).
     - ``prediction``: what ``denoise`` returns, ``eps`` or ``v``.
-    - ``threshold``: dynamic-thresholding percentile (None: x0 is not touched); ``threshold_group`` rows per sample.
+    - ``threshold``: dynamic-thresholding percentile (None: x0 is not touched); ``threshold_group`` rows per sample;
+      ``threshold_max`` caps the scale (:func:`dynamic_threshold`'s ``max_scale``).
     - ``generator``: source of every random draw (a fixed seed gives the same samples); ``x_T`` replaces the first.
     - ``progress``: a tqdm bar; ``callback(i, x_prev, x0)`` after every step.
 
@@ -253,7 +258,7 @@ def sample(
         out = denoise(x, t).to(dtype)
         x0, eps = x0_eps_from_prediction(prediction, x, out, ab)
         if threshold is not None:
-            x0 = dynamic_threshold(x0, threshold, threshold_group)
+            x0 = dynamic_threshold(x0, threshold, threshold_group, max_scale=threshold_max)
             eps = eps_from_x0(x, x0, ab)
         last = i == 0
         if method == "ddpm":

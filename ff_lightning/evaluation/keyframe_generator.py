@@ -306,7 +306,9 @@ def load_pipeline_generator(
                                    "keyframes stage) nor an exported keyframes stage (ff export)")  # fmt: skip
     if sampler is not None or movq is not None:
         raise GeneratorUnavailable(f"{p}: --sampler / --movq apply to keyframe checkpoints, not to folders")
-    passes = (0 if stage_only else 1) if passes is None else int(passes)
+    if passes is None:  # keyframes only for a stage alone or a folder without interpolation (e.g. kv1.1)
+        passes = 0 if stage_only or not VideoPipeline.folder_has_stage(p, "interpolation") else 1
+    passes = int(passes)
     if passes < 0:
         raise GeneratorUnavailable(f"--passes must be >= 0, got {passes}")
     if stage_only:  # an exported keyframes stage alone: keyframes decoded by its image MoVQ
@@ -356,6 +358,16 @@ def load_pipeline_generator(
         "protocol_size_hint": list(size) if size is not None else None,
         "fps_hint": fps,
     }
+    if pipe.notes:
+        identity["notes"] = dict(pipe.notes)
+    kv11 = getattr(pipe.keyframes, "options", None)  # Kandinsky Video 1.1: the release's sampling settings
+    if kv11 is not None:
+        from dataclasses import asdict
+
+        identity["sampling"].update(procedure="kv1.1 release (first frame, 3-branch guidance)", **asdict(kv11))
+        identity["sampling"]["guidance_weight"] = (
+            guidance_weight if guidance_weight is not None else kv11.guidance_weight
+        )
     if adaptation is not None:
         identity["not_comparable"] = adaptation
     log.info("pipeline generator %s: %d keyframes -> %d frames at %dx%d (%s, %s)", name, k, made, h, w, device,

@@ -31,12 +31,12 @@ sha256, the text-encoder folder, the stages). The diffusion stages' ``module.saf
 (``movq.*``), so a folder is self-contained. KV 1.1: ``t2v.pt`` is the ``keyframe_unet/kv1_1`` model
 (:mod:`ff_lightning.models.kv11`: 9-channel ``in_layer`` + ``image_in_layer``, motion-score and noise-augmentation
 embeddings, all under their released names) with ``t5_projections.pt``'s ``projection_base`` as its text
-projection; its stage is written (``keyframes/``) but listed under ``unwired_stages``, not ``stages``: generation
-with it is not wired. KV 1.1's ``interpolation.pt`` is the ``interpolation_unet/kv1_1`` model
+projection; its stage is sampled by :class:`~ff_lightning.pipelines.kv11.KV11KeyframeStage` (``ff generate`` /
+``ff eval --pipeline``). KV 1.1's ``interpolation.pt`` is the ``interpolation_unet/kv1_1`` model
 (:mod:`ff_lightning.models.kv11_interpolation`); its optional parts (the release's ``configs.json`` flags) are
 inferred from the file's keys, the file is then checked key for key against that network, and the flags are recorded
 in its stage (``model.overrides`` of ``config.yaml``, ``release_flags`` of ``export.json``); listed under
-``unwired_stages`` too.
+``unwired_stages`` (its sampling is not wired yet).
 
 Every file is checked against the layout our models at ``preset`` expect (built on the meta device): a missing,
 unexpected or mis-shaped key anywhere refuses the whole import with one message listing them.
@@ -88,11 +88,6 @@ FORMAT_PARTS: dict[str, tuple[str, ...]] = {
 UNSUPPORTED: dict[tuple[str, str], str] = {}
 #: (format, part) -> stages written but not wired into ``ff generate`` / ``ff eval`` (kept out of ``stages``)
 UNWIRED: dict[tuple[str, str], str] = {
-    ("kv1.1", "keyframes"): (
-        "the Kandinsky Video 1.1 keyframe UNet (keyframe_unet/kv1_1): its model loads and runs "
-        "(ff_lightning.models.kv11), but generation with it (first frame from image mode, noise-augmented first-frame "
-        "conditioning, the release's three-way guidance and sampler) is not wired into ff generate / ff eval"
-    ),
     ("kv1.1", "interpolation"): (
         "the Kandinsky Video 1.1 interpolation UNet (interpolation_unet/kv1_1, its optional parts inferred from the "
         "file's keys and recorded as model.overrides): its model loads and runs (ff_lightning.models.kv11_interpolation"

@@ -41,6 +41,7 @@ __all__ = [
     "InterpolationStage",
     "DecoderStage",
     "build_keyframe_stage",
+    "build_text_conditioner",
     "build_interpolation_stage",
     "build_decoder_stage",
     "build_image_movq",
@@ -121,6 +122,17 @@ class TextConditioner:
             context, mask = self.condition([self.negative_prompt])
             return context.expand(batch, -1, -1), mask.expand(batch, -1)
         return self.null.condition(batch, length)
+
+
+def build_text_conditioner(src: StageSource, m: Any, context_dim: int) -> TextConditioner:
+    """The stage's text encoder (``module.text_encoder``) + its ``text_projection.*`` / ``null_embedding.*``."""
+    from ff_lightning.models.text import NullEmbedding, TextEmbeddingCache, TextProjection, build_text_encoder
+
+    encoder = build_text_encoder(m.text_encoder, m.text_encoder_path, max_length=m.text_max_length)
+    projection, null = TextProjection(encoder.dim, context_dim), NullEmbedding(context_dim)
+    _load(projection, _sub(src.state, "text_projection."), f"{src.path} (text projection)")
+    _load(null, _sub(src.state, "null_embedding."), f"{src.path} (null embedding)")
+    return TextConditioner(TextEmbeddingCache(encoder, None), projection.eval(), null.eval(), m.negative_prompt)
 
 
 def guided_sample(
@@ -243,14 +255,13 @@ def build_keyframe_stage(src: StageSource, *, reference: bool = False) -> Keyfra
     from ff_lightning import registry
     from ff_lightning.diffusion.schedule import NoiseSchedule
     from ff_lightning.models.keyframes import KEYFRAME_DESIGNS, default_frame_stride
-    from ff_lightning.models.text import NullEmbedding, TextEmbeddingCache, TextProjection, build_text_encoder
 
     cfg = _compose(src)
     m, mc = cfg.module, cfg.model
     want = "reference_keyframes" if reference else "keyframes"
-    if mc.variant not in KEYFRAME_DESIGNS:  # e.g. keyframe_unet/kv1_1 (imported Kandinsky Video 1.1): no sampler here
-        raise CheckpointError(f"{src.path}: generation with keyframe variant {mc.variant!r} is not wired (see the "
-                              "stage's export.json); use a kv1.0 import or your own checkpoint")  # fmt: skip
+    if mc.variant not in KEYFRAME_DESIGNS:  # keyframe_unet/kv1_1 (Kandinsky Video 1.1) samples its own way
+        raise CheckpointError(f"{src.path}: keyframe variant {mc.variant!r} is not sampled by KeyframeStage; a kv1_1 "
+                              "stage is built by ff_lightning.pipelines.kv11.build_kv11_keyframe_stage")  # fmt: skip
     if cfg.system != want or KEYFRAME_DESIGNS[mc.variant].reference != reference:
         raise CheckpointError(f"{src.path}: a {cfg.system} / {mc.variant} stage, not a {want} stage")
     if m.latent_scale is None:
@@ -259,12 +270,7 @@ def build_keyframe_stage(src: StageSource, *, reference: bool = False) -> Keyfra
     overrides = {k: v for k, v in dict(mc.overrides).items() if k != "num_frames"}
     unet = registry.build("keyframe_unet", mc.variant, mc.preset, num_frames=num_frames, **overrides)
     _load(unet, _sub(src.state, "unet."), f"{src.path} (keyframe UNet)")
-    encoder = build_text_encoder(m.text_encoder, m.text_encoder_path, max_length=m.text_max_length)
-    context_dim = int(unet.config["context_dim"])
-    projection, null = TextProjection(encoder.dim, context_dim), NullEmbedding(context_dim)
-    _load(projection, _sub(src.state, "text_projection."), f"{src.path} (text projection)")
-    _load(null, _sub(src.state, "null_embedding."), f"{src.path} (null embedding)")
-    text = TextConditioner(TextEmbeddingCache(encoder, None), projection.eval(), null.eval(), m.negative_prompt)
+    text = build_text_conditioner(src, m, int(unet.config["context_dim"]))
     return KeyframeStage(
         unet=unet.eval().requires_grad_(False), text=text, movq=build_image_movq(src, m), settings=m,
         schedule=NoiseSchedule.cosine(m.train_timesteps), num_frames=num_frames,
@@ -349,6 +355,7 @@ class DecoderStage:
     video: bool
     decode_quantized: bool = False
     variant: str = "image"
+    release_clips: bool = False  # Kandinsky Video 1.1's decode: T // 4 clips (torch.chunk), each decoded alone
 
     def to(self, device: torch.device | str) -> DecoderStage:
         self.movq.to(device)
@@ -360,6 +367,8 @@ class DecoderStage:
         t = latents.shape[0]
         if self.video:
             z = self.movq.quantize(latents)[0] if self.decode_quantized else latents
+            if self.release_clips:  # the 1.1 release decodes its 12 keyframes as 3 clips of 4 frames
+                return torch.cat([self.movq.decode(c, num_frames=c.shape[0]) for c in z.chunk(max(1, t // 4))])
             return self.movq.decode(z, num_frames=t)
         return torch.cat([self.movq.decode(latents[i : i + 1], num_frames=1) for i in range(t)])
 
@@ -377,4 +386,4 @@ def build_decoder_stage(src: StageSource) -> DecoderStage:
     allowed = () if cfg.module.decode_quantized else ("quantize.",)
     _load(movq, _sub(src.state, "movq."), f"{src.path} (video MoVQ)", allow_missing=allowed)
     return DecoderStage(movq.eval().requires_grad_(False), True, bool(cfg.module.decode_quantized),
-                        str(cfg.model.variant))  # fmt: skip
+                        str(cfg.model.variant), release_clips=release)  # fmt: skip

@@ -14,7 +14,11 @@ system's bit for bit. The stages must share one MoVQ latent space (checked as in
 :meth:`VideoPipeline.weights` records each stage's path and sha256 (and, for imports, the release files).
 Reference-image keyframe models (``reference_keyframes``) run as a
 :class:`~ff_lightning.pipelines.reference.ReferenceKeyframeStage` (``GenerateOptions.image`` /
-``image_guidance_weight``).
+``image_guidance_weight``); Kandinsky Video 1.1 keyframes (``keyframe_unet/kv1_1``, ``ff import --format kv1.1``) as
+a :class:`~ff_lightning.pipelines.kv11.KV11KeyframeStage` (first frame from the UNet's image mode, or
+``GenerateOptions.image``). Stages imported together from one release (same ``imported_from``) are paired by the
+release itself and skip the latent-space check. What a pipeline runs without (e.g. no interpolation stage) is
+recorded in :attr:`VideoPipeline.notes` and the results.
 
 Precision: ``fp32`` (default), ``bf16`` or ``fp16``: sampling and decoding run under ``torch.autocast`` of the
 pipeline's device type (weights stay float32; frames come back float32 in [-1, 1]).
@@ -39,6 +43,7 @@ from ff_lightning.config import ConfigError
 if TYPE_CHECKING:
     from ff_lightning.checkpoints import StageSource
     from ff_lightning.pipeline import GenerateOptions, GenerationResult
+    from ff_lightning.pipelines.kv11 import KV11KeyframeStage
     from ff_lightning.pipelines.reference import ReferenceKeyframeStage
     from ff_lightning.pipelines.stages import DecoderStage, InterpolationStage, KeyframeStage
 
@@ -111,6 +116,18 @@ class UnsupportedStage(ConfigError):
     """A stage kind the typed pipeline does not run (a keyframes stage of another system)."""
 
 
+def _one_release(sources: Any) -> bool:
+    """Whether every stage was imported by one ``ff import`` (equal ``imported_from``: format and source files)."""
+    origins = [src.manifest.get("imported_from") for src in sources]
+    return bool(origins) and origins[0] is not None and all(o == origins[0] for o in origins)
+
+
+def _is_kv11(stage: Any) -> bool:
+    from ff_lightning.pipelines.kv11 import KV11KeyframeStage
+
+    return isinstance(stage, KV11KeyframeStage)
+
+
 def _fitted_image(image: torch.Tensor | None, size: Sequence[int]) -> torch.Tensor | None:
     """A reference image ``(3, H, W)`` resized to the frame ``size`` (cover + centre crop); latents pass unchanged."""
     if image is None or image.ndim != 3 or image.shape[0] != 3:
@@ -124,12 +141,13 @@ def _fitted_image(image: torch.Tensor | None, size: Sequence[int]) -> torch.Tens
 class VideoPipeline:
     """Keyframes -> interpolation (optional) -> video decoder (optional: else the image MoVQ frame by frame)."""
 
-    keyframes: KeyframeStage | ReferenceKeyframeStage
+    keyframes: KeyframeStage | ReferenceKeyframeStage | KV11KeyframeStage
     interpolation: InterpolationStage | None = None
     decoder: DecoderStage | None = None
     stage_weights: dict[str, StageWeights] = field(default_factory=dict)
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     precision: str = "fp32"
+    notes: dict[str, str] = field(default_factory=dict)  # what this pipeline runs without, and why
 
     # ------------------------------------------------------------------------------------------------ building
     @classmethod
@@ -165,16 +183,28 @@ class VideoPipeline:
             from ff_lightning.pipelines.reference import build_reference_keyframe_stage
 
             kf: Any = build_reference_keyframe_stage(sources["keyframes"]).to(dev)
+        elif str((sources["keyframes"].config.get("model") or {}).get("variant")) == "kv1_1":
+            from ff_lightning.pipelines.kv11 import build_kv11_keyframe_stage
+
+            kf = build_kv11_keyframe_stage(sources["keyframes"]).to(dev)
         else:
             kf = build_keyframe_stage(sources["keyframes"]).to(dev)
         ip = build_interpolation_stage(sources["interpolation"]).to(dev) if "interpolation" in sources else None
         dec = build_decoder_stage(sources["decoder"]).to(dev) if "decoder" in sources else None
         trained = {s: (src.config.get("module") or {}).get("movq_ckpt") or "its own (in the stage)"
                    for s, src in sources.items()}  # fmt: skip
-        _check_latent_spaces({"keyframes": kf.movq, "interpolation": ip.movq if ip else None,
-                              "decoder": dec.movq if dec else None}, paths, trained)  # fmt: skip
+        notes = {}
+        if _one_release(sources.values()):
+            if len(sources) > 1:
+                notes["latent_spaces"] = "stages imported together from one release: paired as the release pairs them"
+        else:
+            _check_latent_spaces({"keyframes": kf.movq, "interpolation": ip.movq if ip else None,
+                                  "decoder": dec.movq if dec else None}, paths, trained)  # fmt: skip
+        if ip is None and _is_kv11(kf):
+            notes["interpolation"] = ("none: Kandinsky Video 1.1 interpolation is not available here; the 12 "
+                                      "keyframes are the video (the release's fps='low')")  # fmt: skip
         record = {s: weights_record(s, src) for s, src in sources.items()}
-        return cls(kf, ip, dec, record, dev, precision)
+        return cls(kf, ip, dec, record, dev, precision, notes)
 
     @classmethod
     def from_folder(
@@ -189,8 +219,8 @@ class VideoPipeline:
         stages = manifest.get("stages") or {}
         if "keyframes" not in stages:
             raise ConfigError(
-                f"{root} is not a pipeline folder: its export.json names no keyframes stage (an `ff import` of kv1.0 "
-                "writes one, kv1.1's is not wired; for your own checkpoints pass --keyframes / --interpolation / --decoder)"
+                f"{root} is not a pipeline folder: its export.json names no keyframes stage (an `ff import` of kv1.0 or "
+                "kv1.1 writes one; for your own checkpoints pass --keyframes / --interpolation / --decoder)"
             )
 
         def stage(name: str, wanted: bool) -> Path | None:
@@ -202,14 +232,20 @@ class VideoPipeline:
     @staticmethod
     def is_pipeline_folder(path: str | os.PathLike[str]) -> bool:
         """Whether ``path`` is an ``ff import`` folder naming a keyframes stage."""
+        return VideoPipeline.folder_has_stage(path, "keyframes")
+
+    @staticmethod
+    def folder_has_stage(path: str | os.PathLike[str], stage: str) -> bool:
+        """Whether ``path`` is an ``ff import`` folder whose ``export.json`` names ``stage`` among its stages."""
         p = Path(path).expanduser() / "export.json"
-        return p.is_file() and "keyframes" in (json.loads(p.read_text()).get("stages") or {})
+        return p.is_file() and stage in (json.loads(p.read_text()).get("stages") or {})
 
     # ------------------------------------------------------------------------------------------------ running
     def generate(self, prompt: str, options: GenerateOptions | None = None) -> GenerationResult:
         """One video for ``prompt``: the stages of :func:`ff_lightning.pipeline.generate_video` (same seeds: keyframes
         ``seed``, interpolation ``seed + 1``; same defaults), under the pipeline's precision."""
         from ff_lightning.pipeline import GenerateOptions, GenerationResult, _stage_bar
+        from ff_lightning.pipelines.kv11 import KV11KeyframeStage
         from ff_lightning.pipelines.reference import ReferenceKeyframeStage
 
         o = options or GenerateOptions()
@@ -218,6 +254,8 @@ class VideoPipeline:
         reference: dict[str, Any] = {}
         if isinstance(kf, ReferenceKeyframeStage):
             reference = {"reference": _fitted_image(o.image, size), "image_guidance_weight": o.image_guidance_weight}
+        elif isinstance(kf, KV11KeyframeStage):  # the release fits a given first frame itself
+            reference = {"image": o.image, "image_guidance_weight": o.image_guidance_weight}
         else:
             for name, value in (("image", o.image), ("image guidance", o.image_guidance_weight)):
                 if value is not None:
@@ -260,6 +298,8 @@ class VideoPipeline:
         fps = (
             float(o.fps)
             if o.fps
+            else float(kf.fps) * 4**passes
+            if isinstance(kf, KV11KeyframeStage)
             else max(
                 1.0,
                 float(getattr(data, "fps", None) or 8.0)
@@ -268,7 +308,7 @@ class VideoPipeline:
             )
         )
         return GenerationResult(frames.float().clamp(-1, 1).cpu(), latents.float().cpu(), num_keyframes, what, fps,
-                                seconds, weights=self.weights())  # fmt: skip
+                                seconds, weights=self.weights(), notes=dict(self.notes))  # fmt: skip
 
     def sample(self, prompts: Sequence[str], seed: int, options: GenerateOptions | None = None) -> torch.Tensor:
         """Videos ``(B, T, 3, H, W)`` float32 in [-1, 1]; prompt ``i`` uses seed ``seed * 1009 + i`` (a batch's
