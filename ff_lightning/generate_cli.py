@@ -68,7 +68,7 @@ def add_generate_parser(sub: argparse._SubParsersAction) -> None:  # type: ignor
     g.add_argument("--fps", type=float, default=None, help="frame rate of the written video")
     g.add_argument(
         "--image", metavar="PATH", default=None,
-        help="reference image for the keyframes (resized to the frame size; a reference_keyframes checkpoint only)",
+        help="reference image (resized to the frame size): for reference_keyframes checkpoints, or a kv1.1 first frame",
     )  # fmt: skip
     g.add_argument(
         "--image-guidance", type=float, default=None,

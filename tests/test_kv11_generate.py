@@ -17,6 +17,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from release_files import write_release  # noqa: E402
 
+from ff_lightning.pipelines.kv11 import KV11KeyframeStage  # noqa: E402
+
 PROMPT = "a red circle"
 
 
@@ -36,13 +38,14 @@ def imported(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("kv11")
     write_release(root / "src", "kv1.1")
     argv = ["import", str(root / "src"), "--format", "kv1.1", "--parts", "movq,keyframes,decoder", "--out",
-            str(root / "out"), "--preset", "tiny", "--text-encoder", "tiny", "--text-dim", "64", "--size", "32x32"]  # fmt: skip
+            str(root / "out"), "--preset", "tiny", "--text-encoder", "tiny", "--text-dim", "64",
+            "--size", "32x32"]  # fmt: skip
     assert main(argv) == 0
     return root / "out"
 
 
 @pytest.fixture(scope="module")
-def stage(imported: Path):  # noqa: ANN201
+def stage(imported: Path) -> KV11KeyframeStage:
     from ff_lightning.checkpoints import read_stage_source
     from ff_lightning.pipelines.kv11 import build_kv11_keyframe_stage
 
@@ -50,7 +53,9 @@ def stage(imported: Path):  # noqa: ANN201
 
 
 # ------------------------------------------------------------------------------------------------- end to end
-def test_ff_generate_pipeline_writes_the_12_keyframes_through_the_imported_decoder(imported: Path, tmp_path: Path):
+def test_ff_generate_pipeline_writes_the_12_keyframes_through_the_imported_decoder(
+    imported: Path, tmp_path: Path
+) -> None:
     from ff_lightning.cli import main
     from ff_lightning.data.video_io import probe_video
 
@@ -118,7 +123,9 @@ def _ddpm(x: torch.Tensor, eps: torch.Tensor, ab: float, ab_prev: float, noise: 
     return mean if noise is None else mean + (beta * (1 - ab_prev) / (1 - ab)) ** 0.5 * noise
 
 
-def _reference(stage, h: int, w: int, steps: int, seed: int, mutate: str = "") -> tuple[torch.Tensor, torch.Tensor]:  # noqa: ANN001
+def _reference(
+    stage: KV11KeyframeStage, h: int, w: int, steps: int, seed: int, mutate: str = ""
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The release's keyframes for one prompt, step by step (``mutate`` drops one ingredient, to show the comparison
     notices it)."""
     from PIL import Image
@@ -171,7 +178,7 @@ def _reference(stage, h: int, w: int, steps: int, seed: int, mutate: str = "") -
 
 
 @torch.no_grad()
-def test_stage_sampling_equals_the_release_procedure_written_out(stage) -> None:  # noqa: ANN001
+def test_stage_sampling_equals_the_release_procedure_written_out(stage: KV11KeyframeStage) -> None:
     h, w = stage.latent_size((32, 32))
     assert (h, w) == (16, 16)
     latents, first = stage.model_latents([PROMPT], (h, w), steps=3, seed=11)
@@ -188,7 +195,7 @@ def test_stage_sampling_equals_the_release_procedure_written_out(stage) -> None:
 
 
 @torch.no_grad()
-def test_a_given_first_frame_replaces_the_image_mode_frame(stage) -> None:  # noqa: ANN001
+def test_a_given_first_frame_replaces_the_image_mode_frame(stage: KV11KeyframeStage) -> None:
     """``image=`` (the release's image-to-video): fitted to the frame size (cover by the smaller ratio, centre crop)
     and encoded; the video starts from it whatever the seed."""
     image = torch.rand(3, 40, 64) * 2 - 1  # 40x64 -> 32x51 -> centre 32x32

@@ -262,8 +262,9 @@ class KV11KeyframeStage:
         ) -> torch.Tensor:
             copies = use.shape[0] // b  # branches stacked as videos [text+frame | null+frame | null, no frame]
             given = repeat(frames, "b t -> (k b) t", k=copies) * use[:, None].to(frames.dtype)
-            return self.unet(x, time, ctx, mask, num_frames=t, first_frame=repeat(augmented, "b c h w -> (k b) c h w",
-                             k=copies), first_frame_rows=given, noise_level=level, motion_score=motion_score)  # fmt: skip
+            first_frames = repeat(augmented, "b c h w -> (k b) c h w", k=copies)
+            return self.unet(x, time, ctx, mask, num_frames=t, first_frame=first_frames, first_frame_rows=given,
+                             noise_level=level, motion_score=motion_score)  # fmt: skip
 
         w_p = o.guidance_weight if guidance_weight is None else float(guidance_weight)
         w_i = o.image_guidance_weight if image_guidance_weight is None else float(image_guidance_weight)
