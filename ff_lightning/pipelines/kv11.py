@@ -48,7 +48,7 @@ from ff_lightning.checkpoints import CheckpointError, StageSource
 from ff_lightning.diffusion.samplers import SamplingSchedule
 from ff_lightning.diffusion.schedule import NoiseSchedule
 from ff_lightning.models.kv11 import KV11_MOTION_SCORES, KV11_NOISE_AUGMENTATION, KV11_NUM_FRAMES
-from ff_lightning.pipelines.stages import TextConditioner
+from ff_lightning.pipelines.stages import TextConditioner, TextUNetStage
 
 __all__ = [
     "KV11Options",
@@ -133,7 +133,7 @@ def fit_release_image(image: torch.Tensor, size: tuple[int, int]) -> torch.Tenso
 
 
 @dataclass
-class KV11KeyframeStage:
+class KV11KeyframeStage(TextUNetStage):
     """Text (+ optional first-frame image) -> 12 keyframe latents with the 1.1 UNet (see the module docstring).
 
     Fits :class:`~ff_lightning.pipelines.video.VideoPipeline` like :class:`~ff_lightning.pipelines.stages.KeyframeStage`
@@ -152,23 +152,8 @@ class KV11KeyframeStage:
     fps: float = KV11_NUM_FRAMES / KV11_CLIP_SECONDS
 
     @property
-    def device(self) -> torch.device:
-        return next(self.unet.parameters()).device
-
-    @property
     def dtype(self) -> torch.dtype:
         return self.text.projection.projection.weight.dtype
-
-    def to(self, device: torch.device | str) -> KV11KeyframeStage:
-        for mod in (self.unet, self.movq, self.text.projection, self.text.null):
-            mod.to(device)
-        return self
-
-    def latent_size(self, size: tuple[int, int]) -> tuple[int, int]:
-        """Latent ``(h, w)`` of frames ``size = (H, W)`` (the image MoVQ's)."""
-        with torch.no_grad():
-            z = self.movq.encode(torch.zeros(1, 3, int(size[0]), int(size[1]), device=self.device))
-        return int(z.shape[-2]), int(z.shape[-1])
 
     def schedule(self, steps: int | None = None) -> SamplingSchedule:
         return kv11_sampling_schedule(int(steps or self.options.steps), self.train_steps)

@@ -26,7 +26,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import torch
 from einops import rearrange
@@ -190,8 +190,32 @@ class ImageStage:
 
 
 # ----------------------------------------------------------------------------------------------- keyframes
+class TextUNetStage:
+    """What the text -> keyframe stages share over their ``unet``, ``movq`` and ``text`` fields: device, moving, and
+    the latent size of a frame size (the image MoVQ's)."""
+
+    unet: nn.Module
+    movq: nn.Module
+    text: TextConditioner
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.unet.parameters()).device
+
+    def to(self, device: torch.device | str) -> Self:
+        for mod in (self.unet, self.movq, self.text.projection, self.text.null):
+            mod.to(device)
+        return self
+
+    def latent_size(self, size: tuple[int, int]) -> tuple[int, int]:
+        """Latent ``(h, w)`` of frames ``size = (H, W)``."""
+        with torch.no_grad():
+            z = self.movq.encode(torch.zeros(1, 3, int(size[0]), int(size[1]), device=self.device))
+        return int(z.shape[-2]), int(z.shape[-1])
+
+
 @dataclass
-class KeyframeStage:
+class KeyframeStage(TextUNetStage):
     """Text -> keyframe latents with the keyframe UNet (see the module docstring)."""
 
     unet: nn.Module  # KeyframeUNet
@@ -204,20 +228,6 @@ class KeyframeStage:
     default_frame_step: float
     source: StageSource | None = None  # None: built over a live training system
     config: Any = None  # the stage's composed run config (data.size, data.fps, ...)
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.unet.parameters()).device
-
-    def to(self, device: torch.device | str) -> KeyframeStage:
-        for mod in (self.unet, self.movq, self.text.projection, self.text.null):
-            mod.to(device)
-        return self
-
-    def latent_size(self, size: tuple[int, int]) -> tuple[int, int]:
-        with torch.no_grad():
-            z = self.movq.encode(torch.zeros(1, 3, int(size[0]), int(size[1]), device=self.device))
-        return int(z.shape[-2]), int(z.shape[-1])
 
     def frame_stride(self, frame_step: float | None = None) -> float:
         """Frame-position stride of sampling: ``unit * frame_step`` (default the stage's sample frame step)."""
