@@ -58,7 +58,8 @@ def test_keyframe_paper_counts_freeze_exactly_the_image_model() -> None:
 def test_registry_lists_every_variant_and_preset() -> None:
     assert variants("t2i_unet") == ["kandinsky3"]
     assert variants("keyframe_unet") == sorted([*KEYFRAME_DESIGNS, "kv1_1"])  # + Kandinsky Video 1.1 (models/kv11.py)
-    assert variants("interpolation_unet") == ["kandinsky_video", "masked_frame"]  # + the masked-frame baseline
+    # + Kandinsky Video 1.1 (models/kv11_interpolation.py) and the masked-frame baseline
+    assert variants("interpolation_unet") == ["kandinsky_video", "kv1_1", "masked_frame"]
     for component in ("t2i_unet", "keyframe_unet", "interpolation_unet"):
         assert presets(component) == ["tiny", "small", "paper"]
 
