@@ -116,12 +116,12 @@ def test_ff_import_kv11_interpolation_reproduces_the_file(tmp_path: Path, capsys
     assert main(args) == 0
     assert "imported kv1.1" in capsys.readouterr().out
     manifest = json.loads((out / "export.json").read_text())
-    assert "interpolation" in manifest["unwired_stages"]
+    assert manifest["stages"] == {"interpolation": "interpolation/"} and not manifest["unwired_stages"]
     stage = json.loads((out / "interpolation" / "export.json").read_text())
     want = KV11InterpolationFlags(
         **{**KV11InterpolationFlags().as_config(), **flags, "time_downsample": (False, False)}
     )
-    assert stage["release_flags"] == want.as_config() and stage["not_wired"]
+    assert stage["release_flags"] == want.as_config() and "not_wired" not in stage
     config = yaml.safe_load((out / "interpolation" / "config.yaml").read_text())
     assert config["model"]["variant"] == "kv1_1" and config["model"]["overrides"] == want.as_config()
     state = load_file(out / "interpolation" / "module.safetensors")

@@ -35,8 +35,12 @@ projection; its stage is sampled by :class:`~ff_lightning.pipelines.kv11.KV11Key
 ``ff eval --pipeline``). KV 1.1's ``interpolation.pt`` is the ``interpolation_unet/kv1_1`` model
 (:mod:`ff_lightning.models.kv11_interpolation`); its optional parts (the release's ``configs.json`` flags) are
 inferred from the file's keys, the file is then checked key for key against that network, and the flags are recorded
-in its stage (``model.overrides`` of ``config.yaml``, ``release_flags`` of ``export.json``); listed under
-``unwired_stages`` (its sampling is not wired yet).
+in its stage (``model.overrides`` of ``config.yaml``, ``release_flags`` of ``export.json``), with
+its own ``null_embedding`` and ``t5_projections.pt``'s ``projection_base`` as its text projection: the release
+pipeline's ``interpolate_base_frames`` encodes the prompt with ``IMAGE_GENERATION_LABEL``, i.e. ``projection_base``,
+although the file also holds a ``projection_interpolation`` (stored as ``text_projection_interpolation.*``, used with
+``build_kv11_interpolation_stage(..., projection="interpolation")``); it is sampled by
+:class:`~ff_lightning.pipelines.kv11_interpolation.KV11InterpolationStage`.
 
 Every file is checked against the layout our models at ``preset`` expect (built on the meta device): a missing,
 unexpected or mis-shaped key anywhere refuses the whole import with one message listing them.
@@ -87,15 +91,7 @@ FORMAT_PARTS: dict[str, tuple[str, ...]] = {
 #: (format, part) -> why that released part cannot be imported
 UNSUPPORTED: dict[tuple[str, str], str] = {}
 #: (format, part) -> stages written but not wired into ``ff generate`` / ``ff eval`` (kept out of ``stages``)
-UNWIRED: dict[tuple[str, str], str] = {
-    ("kv1.1", "interpolation"): (
-        "the Kandinsky Video 1.1 interpolation UNet (interpolation_unet/kv1_1, its optional parts inferred from the "
-        "file's keys and recorded as model.overrides): its model loads and runs (ff_lightning.models.kv11_interpolation"
-        "), but the release's interpolation sampling (v-prediction, 10 trailing DDPM steps on the zero-SNR cosine "
-        "schedule, guidance 0.5 with the temporal parts masked off in the unguided half, skip 3 then 1) is not wired "
-        "into ff generate / ff eval"
-    ),
-}
+UNWIRED: dict[tuple[str, str], str] = {}
 _PROJECTION = ("0.weight", "1.weight", "1.bias")
 _ENCODER_NORM = re.compile(
     r"^(encoder\..*\.(?:norm1|norm2|norm|norm_out))\.(weight|bias)$|^(encoder\.norm_out)\.(weight|bias)$"
@@ -339,7 +335,7 @@ def import_release(
     roles = {"movq"} | {r for r in RELEASE_FILES[fmt] if r in wanted}
     if "decoder" in wanted:
         roles.add("video_movq")
-    if fmt == "kv1.1" and "keyframes" in wanted:
+    if fmt == "kv1.1" and ("keyframes" in wanted or "interpolation" in wanted):
         roles.add("projections")
     if fmt == "k3.1" and "t2i" in wanted:
         roles.add("projection")
@@ -399,7 +395,12 @@ def import_release(
         else:
             f = files[stage]
             state = {**{f"unet.{k}": v for k, v in sub(f, "unet.").items()}, **frozen}
-            if stage == "interpolation":
+            if stage == "interpolation" and fmt == "kv1.1":  # 1.1 conditions on the prompt (see the docstring)
+                state.update(text_parts(sub(files["projections"], "projection_base."), f["null_embedding"]))
+                intended = text_parts(sub(files["projections"], "projection_interpolation."), f["null_embedding"])
+                state.update({f"text_projection_interpolation.{k[len('text_projection.'):]}": v
+                              for k, v in intended.items() if k.startswith("text_projection.")})  # fmt: skip
+            elif stage == "interpolation":
                 state["null_embedding.embedding"] = f["null_embedding"].reshape(-1)
             else:
                 if fmt == "kv1.0":

@@ -16,7 +16,9 @@ Reference-image keyframe models (``reference_keyframes``) run as a
 :class:`~ff_lightning.pipelines.reference.ReferenceKeyframeStage` (``GenerateOptions.image`` /
 ``image_guidance_weight``); Kandinsky Video 1.1 keyframes (``keyframe_unet/kv1_1``, ``ff import --format kv1.1``) as
 a :class:`~ff_lightning.pipelines.kv11.KV11KeyframeStage` (first frame from the UNet's image mode, or
-``GenerateOptions.image``). Stages imported together from one release (same ``imported_from``) are paired by the
+``GenerateOptions.image``), and their interpolation (``interpolation_unet/kv1_1``) as a
+:class:`~ff_lightning.pipelines.kv11_interpolation.KV11InterpolationStage` (prompt-conditioned; passes 1 or 2, the
+release's fps 'medium' / 'high'). Stages imported together from one release (same ``imported_from``) are paired by the
 release itself and skip the latent-space check. What a pipeline runs without (e.g. no interpolation stage) is
 recorded in :attr:`VideoPipeline.notes` and the results.
 
@@ -44,6 +46,7 @@ if TYPE_CHECKING:
     from ff_lightning.checkpoints import StageSource
     from ff_lightning.pipeline import GenerateOptions, GenerationResult
     from ff_lightning.pipelines.kv11 import KV11KeyframeStage
+    from ff_lightning.pipelines.kv11_interpolation import KV11InterpolationStage
     from ff_lightning.pipelines.reference import ReferenceKeyframeStage
     from ff_lightning.pipelines.stages import DecoderStage, InterpolationStage, KeyframeStage
 
@@ -128,6 +131,12 @@ def _is_kv11(stage: Any) -> bool:
     return isinstance(stage, KV11KeyframeStage)
 
 
+def _is_kv11_interpolation(stage: Any) -> bool:
+    from ff_lightning.pipelines.kv11_interpolation import KV11InterpolationStage
+
+    return isinstance(stage, KV11InterpolationStage)
+
+
 def _fitted_image(image: torch.Tensor | None, size: Sequence[int]) -> torch.Tensor | None:
     """A reference image ``(3, H, W)`` resized to the frame ``size`` (cover + centre crop); latents pass unchanged."""
     if image is None or image.ndim != 3 or image.shape[0] != 3:
@@ -142,7 +151,7 @@ class VideoPipeline:
     """Keyframes -> interpolation (optional) -> video decoder (optional: else the image MoVQ frame by frame)."""
 
     keyframes: KeyframeStage | ReferenceKeyframeStage | KV11KeyframeStage
-    interpolation: InterpolationStage | None = None
+    interpolation: InterpolationStage | KV11InterpolationStage | None = None
     decoder: DecoderStage | None = None
     stage_weights: dict[str, StageWeights] = field(default_factory=dict)
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
@@ -189,7 +198,20 @@ class VideoPipeline:
             kf = build_kv11_keyframe_stage(sources["keyframes"]).to(dev)
         else:
             kf = build_keyframe_stage(sources["keyframes"]).to(dev)
-        ip = build_interpolation_stage(sources["interpolation"]).to(dev) if "interpolation" in sources else None
+        ip: Any = None
+        if "interpolation" in sources:
+            ip_src = sources["interpolation"]
+            if str((ip_src.config.get("model") or {}).get("variant")) == "kv1_1":
+                if not _is_kv11(kf):
+                    raise UnsupportedStage(
+                        f"{interpolation}: the Kandinsky Video 1.1 interpolation stage runs after 1.1 keyframes (it "
+                        "shares their text encoder); pass the keyframes of the same `ff import --format kv1.1`"
+                    )
+                from ff_lightning.pipelines.kv11_interpolation import build_kv11_interpolation_stage
+
+                ip = build_kv11_interpolation_stage(ip_src, kf.text.cache).to(dev)
+            else:
+                ip = build_interpolation_stage(ip_src).to(dev)
         dec = build_decoder_stage(sources["decoder"]).to(dev) if "decoder" in sources else None
         trained = {s: (src.config.get("module") or {}).get("movq_ckpt") or "its own (in the stage)"
                    for s, src in sources.items()}  # fmt: skip
@@ -201,8 +223,8 @@ class VideoPipeline:
             _check_latent_spaces({"keyframes": kf.movq, "interpolation": ip.movq if ip else None,
                                   "decoder": dec.movq if dec else None}, paths, trained)  # fmt: skip
         if ip is None and _is_kv11(kf):
-            notes["interpolation"] = ("none: Kandinsky Video 1.1 interpolation is not available here; the 12 "
-                                      "keyframes are the video (the release's fps='low')")  # fmt: skip
+            notes["interpolation"] = ("none: no Kandinsky Video 1.1 interpolation stage given; the 12 keyframes are "
+                                      "the video (the release's fps='low')")  # fmt: skip
         record = {s: weights_record(s, src) for s, src in sources.items()}
         return cls(kf, ip, dec, record, dev, precision, notes)
 
@@ -273,10 +295,11 @@ class VideoPipeline:
             if ip is not None and o.passes > 0:
                 t0 = time.perf_counter()
                 ip_steps = int(o.interp_steps or ip.settings.sample_steps)
+                text = {"prompts": [prompt]} if _is_kv11_interpolation(ip) else {}  # 1.1 conditions on the prompt
                 with _stage_bar("interpolation", ip_steps * o.passes, ip.unet, o.progress):
                     lat = ip.interpolate(lat, passes=o.passes, skip_frames=o.skip_frames,
                                          guidance_weight=o.interp_guidance_weight, perturbation_time=o.perturbation,
-                                         steps=ip_steps, seed=o.seed + 1)  # fmt: skip
+                                         steps=ip_steps, seed=o.seed + 1, **text)  # fmt: skip
                 passes = o.passes
                 seconds["interpolation"] = time.perf_counter() - t0
             latents = lat[0]
@@ -298,7 +321,7 @@ class VideoPipeline:
         fps = (
             float(o.fps)
             if o.fps
-            else float(kf.fps) * 4**passes
+            else float(kf.fps) * latents.shape[0] / kf.num_frames  # 1.1: every video over the release's 5.5 s
             if isinstance(kf, KV11KeyframeStage)
             else max(
                 1.0,
