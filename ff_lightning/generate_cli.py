@@ -74,6 +74,10 @@ def add_generate_parser(sub: argparse._SubParsersAction) -> None:  # type: ignor
         "--image-guidance", type=float, default=None,
         help="image guidance weight of reference-image keyframe models (--guidance is the text weight)",
     )  # fmt: skip
+    g.add_argument("--motion", choices=("low", "medium", "high", "extreme"), default=None,
+                   help="Kandinsky Video 1.1 keyframes: motion score (default medium, the release's)")  # fmt: skip
+    g.add_argument("--noise-augmentation", type=int, default=None, metavar="T",
+                   help="Kandinsky Video 1.1 keyframes: timestep of the first frame's noise (default 20)")  # fmt: skip
     g.add_argument(
         "--pipeline", metavar="DIR", default=None,
         help="an `ff import` folder: its keyframes / interpolation / decoder stages (explicit stage flags win)",
@@ -149,7 +153,8 @@ def _cmd_generate(args: argparse.Namespace) -> int:
         seed=args.seed, steps=args.steps, guidance_weight=args.guidance, passes=args.passes,
         interp_steps=args.interp_steps, interp_guidance_weight=args.interp_guidance, perturbation=args.tp,
         skip_frames=args.skip, frame_step=args.frame_step, size=args.size, fps=args.fps,
-        progress=not args.no_progress, image=image, image_guidance_weight=args.image_guidance,
+        progress=not args.no_progress, image=image, image_guidance_weight=args.image_guidance, motion=args.motion,
+        noise_augmentation=args.noise_augmentation,
     )  # fmt: skip
     if args.passes < 1 and ckpts["interpolation"]:
         raise ConfigError("--passes must be >= 1 (use --no-interpolation for keyframes only)")
@@ -169,6 +174,8 @@ def _cmd_generate(args: argparse.Namespace) -> int:
             "prompt": args.prompt, "frames": t, "size": [h, w], "fps": result.fps, "decoder": result.decoder,
             "device": args.device, "precision": args.precision, "seed": args.seed, "stages": result.weights,
             "outputs": [str(p) for p in result.paths], "notes": result.notes,
+            **{k: v for k, v in (("motion", args.motion), ("noise_augmentation", args.noise_augmentation))
+               if v is not None},
         })  # fmt: skip
         print(f"wrote {args.info}")
     return 0

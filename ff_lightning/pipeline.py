@@ -97,6 +97,8 @@ class GenerateOptions:
     progress: bool = True
     image: torch.Tensor | None = None  # reference image (3, H, W) in [-1, 1] for reference-image keyframe models
     image_guidance_weight: float | None = None  # w_img of reference-image keyframe models (module's by default)
+    motion: str | None = None  # Kandinsky Video 1.1 keyframes: motion score name (low / medium / high / extreme)
+    noise_augmentation: int | None = None  # Kandinsky Video 1.1 keyframes: timestep of the first frame's noise
 
 
 @dataclass
@@ -349,6 +351,9 @@ def keyframe_latents(
 def generate_video(stages: Stages, prompt: str, options: GenerateOptions | None = None) -> GenerationResult:
     """Text -> frames ``(T, 3, H, W)`` through the loaded stages (see the module docstring)."""
     o = options or GenerateOptions()
+    if o.motion is not None or o.noise_augmentation is not None:
+        raise ConfigError("motion / noise augmentation apply to Kandinsky Video 1.1 keyframes only (an `ff import "
+                          "--format kv1.1` pipeline)")  # fmt: skip
     kf, ip, dec = stages.keyframes, stages.interpolation, stages.decoder
     seconds: dict[str, float] = {}
     t0 = time.perf_counter()

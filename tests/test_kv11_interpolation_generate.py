@@ -76,13 +76,28 @@ def test_ff_generate_pipeline_interpolates_12_keyframes_to_45_frames(imported: P
 
     info, video = tmp_path / "run.json", tmp_path / "v.mp4"
     argv = ["generate", PROMPT, "--pipeline", str(imported), "--steps", "2", "--interp-steps", "2", "--out",
-            str(video), "--info", str(info), "--no-progress"]  # fmt: skip
+            str(video), "--info", str(info), "--no-progress", "--motion", "high"]  # fmt: skip
     assert main(argv) == 0
     record = json.loads(info.read_text())
     assert record["frames"] == 45 and set(record["stages"]) == {"keyframes", "interpolation", "decoder"}
     assert "interpolation" not in record.get("notes", {})
-    assert record["stages"]["interpolation"]["variant"] == "kv1_1"
+    assert record["stages"]["interpolation"]["variant"] == "kv1_1" and record["motion"] == "high"
     assert probe_video(video).num_frames == 45
+
+
+def test_motion_and_noise_augmentation_reach_the_keyframes(pipeline) -> None:  # noqa: ANN001
+    from ff_lightning.pipeline import GenerateOptions
+
+    def frames(**kwargs: object) -> torch.Tensor:
+        options = GenerateOptions(steps=2, passes=0, progress=False, size=(8, 8), **kwargs)
+        return pipeline.generate(PROMPT, options).latents
+
+    default = frames()
+    assert torch.equal(default, frames(motion="medium", noise_augmentation=20))  # the release's defaults
+    high = frames(motion="high")
+    assert (high - default).abs().max() > 1e-4
+    assert torch.equal(high[:12], pipeline.keyframes.sample([PROMPT], (4, 4), steps=2, motion="high")[0])
+    assert (frames(noise_augmentation=200) - default).abs().max() > 1e-4
 
 
 def test_two_passes_are_the_release_high_fps_and_three_are_refused(pipeline) -> None:  # noqa: ANN001

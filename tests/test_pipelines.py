@@ -94,6 +94,11 @@ def test_ff_generate_pipeline_device_precision_info(imported: Path, tmp_path: Pa
     assert record["precision"] == "bf16" and record["frames"] == 13
     assert set(record["stages"]) == {"keyframes", "interpolation"}
     assert record["stages"]["keyframes"]["path"] == str((imported / "keyframes").resolve())
+    # Kandinsky Video 1.1's keyframe options are refused by other keyframe models, before any sampling
+    for flag in (["--motion", "high"], ["--noise-augmentation", "50"]):
+        assert main(["generate", "a red circle", "--pipeline", str(imported), "--out", str(tmp_path / "w.mp4"),
+                     "--no-progress", *flag]) == 2  # fmt: skip
+        assert not (tmp_path / "w.mp4").exists()
 
 
 def test_pipeline_benchmark_generator_scores_the_pipelines_frames(imported: Path) -> None:

@@ -116,11 +116,9 @@ def _read_state(path: Path) -> dict[str, torch.Tensor]:
     if path.suffix == ".npz":
         with np.load(path, allow_pickle=False) as z:
             return c3d_state_dict_from_chainer({k: z[k] for k in z.files})
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
+    from ff_lightning.checkpoints import load_checkpoint
 
-        return load_file(str(path))
-    return torch.load(path, map_location="cpu", weights_only=True)
+    return load_checkpoint(path)  # safetensors, or torch.load(weights_only=True)
 
 
 def load_c3d(path: str | os.PathLike[str] | None = None, num_classes: int = 101) -> C3D:

@@ -204,12 +204,9 @@ def preprocess_i3d(video: torch.Tensor, num_frames: int = N_FRAMES, size: int = 
 def load_i3d(path: str | os.PathLike[str] | None = None, num_classes: int = 400) -> I3D:
     """:class:`I3D` with a local state dict (PyTorch-port key names), resolved as ``"i3d_kinetics400"``."""
     info = resolve_weights("i3d_kinetics400", path)
-    if info.path.suffix == ".safetensors":
-        from safetensors.torch import load_file
+    from ff_lightning.checkpoints import load_checkpoint
 
-        state = load_file(str(info.path))
-    else:
-        state = torch.load(info.path, map_location="cpu", weights_only=True)
+    state = load_checkpoint(info.path)  # safetensors, or torch.load(weights_only=True)
     model = I3D(num_classes)
     missing, unexpected = model.load_state_dict(state, strict=False)
     missing = [k for k in missing if not k.endswith("num_batches_tracked")]

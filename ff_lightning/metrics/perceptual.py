@@ -71,7 +71,9 @@ class LPIPS(nn.Module):
 
 
 def _load_torch_file(info: WeightsInfo) -> dict[str, torch.Tensor]:
-    return torch.load(info.path, map_location="cpu", weights_only=True)
+    from ff_lightning.checkpoints import load_checkpoint
+
+    return load_checkpoint(info.path)
 
 
 def build_lpips(

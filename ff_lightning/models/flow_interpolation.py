@@ -236,8 +236,9 @@ class RaftFlow(FlowEstimator):
                 "network access, copy it here and pass its path (or its folder) as `weights`, e.g. "
                 f"$FF_CACHE_DIR/weights/{RAFT_SMALL_FILE}"
             )
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        self.net.load_state_dict(state)
+        from ff_lightning.checkpoints import load_checkpoint
+
+        self.net.load_state_dict(load_checkpoint(path))
         self._loaded = True
 
     def train(self, mode: bool = True) -> RaftFlow:

@@ -277,12 +277,18 @@ class VideoPipeline:
         if isinstance(kf, ReferenceKeyframeStage):
             reference = {"reference": _fitted_image(o.image, size), "image_guidance_weight": o.image_guidance_weight}
         elif isinstance(kf, KV11KeyframeStage):  # the release fits a given first frame itself
-            reference = {"image": o.image, "image_guidance_weight": o.image_guidance_weight}
+            reference = {"image": o.image, "image_guidance_weight": o.image_guidance_weight, "motion": o.motion,
+                         "noise_augmentation": o.noise_augmentation}  # fmt: skip
         else:
             for name, value in (("image", o.image), ("image guidance", o.image_guidance_weight)):
                 if value is not None:
                     raise ConfigError(f"this keyframe model ({kf.config.system} system) takes no reference image "
                                       f"({name} given); a reference_keyframes checkpoint does")  # fmt: skip
+        if not isinstance(kf, KV11KeyframeStage):
+            for name, value in (("motion", o.motion), ("noise augmentation", o.noise_augmentation)):
+                if value is not None:
+                    raise ConfigError(f"{name} applies to Kandinsky Video 1.1 keyframes only (an `ff import --format "
+                                      f"kv1.1` pipeline), not to this {kf.config.system} stage")  # fmt: skip
         seconds: dict[str, float] = {}
         with autocast(self.device, self.precision):
             t0 = time.perf_counter()
