@@ -11,7 +11,7 @@ _EPILOG = """\
 examples:
   ff import ~/KandinskyVideo --format kv1.0 --text-encoder-path ~/flan-ul2 --out imported/kv1.0
   ff import ~/Kandinsky3.1 --out imported/k3.1                  # format detected; text encoder: weights/flan_ul2_encoder
-  ff import ~/KandinskyVideo_1_1 --format kv1.1 --out imported/kv1.1   # keyframes (1.1 procedure) + decoder
+  ff import ~/KandinskyVideo_1_1 --format kv1.1 --out imported/kv1.1   # keyframes, interpolation, decoder (1.1)
   ff import ~/MoVQGAN --format movqgan --out imported/movqgan
 then: ff generate "a prompt" --keyframes imported/kv1.0/keyframes --interpolation imported/kv1.0/interpolation \\
         --no-decoder --device cuda --precision bf16
