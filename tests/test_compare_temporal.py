@@ -20,8 +20,9 @@ from ff_lightning import ablate
 REPO = Path(__file__).resolve().parents[1]
 SHIPPED = REPO / "experiments" / "ablations" / "temporal.yaml"
 FRAMES = 2
-METRICS = ["fid_frames", "val_loss", "motion_gap", "motion", "frame_consistency", "clipsim", "is", "fvd"]
-PER_SAMPLE = ["val_loss", "motion_gap", "motion", "frame_consistency"]
+METRICS = ["fid_frames", "val_loss", "motion_word_gain", "time_order_gain", "motion_gap", "motion", "frame_consistency",
+           "clipsim", "is", "fvd"]  # fmt: skip
+PER_SAMPLE = ["val_loss", "motion_word_gain", "time_order_gain", "motion_gap", "motion", "frame_consistency"]
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -124,6 +125,7 @@ def test_rows_trained_evaluated_and_rendered(sweep_run: dict[str, Any]) -> None:
         for k in PER_SAMPLE:
             assert len(m[k]["per_sample"]) == m[k]["n"] and m[k]["ci_low"] <= m[k]["value"] <= m[k]["ci_high"]
         assert m["val_loss"]["n"] == 4 and m["motion"]["n"] == 3  # held-out clips / generated clips
+        assert m["motion_word_gain"]["n"] == m["time_order_gain"]["n"] == 4  # paired with val_loss, clip by clip
         for k in ("clipsim", "is", "fvd"):
             assert m[k]["value"] is None and m[k]["reason"]
         assert {"real_motion", "real_frame_consistency", "fid_frames_real_floor"} <= set(r["extra"])

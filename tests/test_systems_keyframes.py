@@ -167,3 +167,31 @@ def test_frame_positions_follow_the_sampling_stride(cache: Path, tmp_path: Path)
     strides = module.frame_strides({"meta": metas}, 4)
     assert strides.tolist() == [unit * 1, unit * 3, unit * 3, unit * 2]  # missing meta: data.stride
     assert module.text_projection.projection.weight.requires_grad  # train_text_projection
+
+
+def test_motion_figures_see_frame_order_and_motion_words(cache: Path, tmp_path: Path) -> None:
+    """The evaluator's motion_word_gain / time_order_gain inputs: a clip played backwards keeps each frame's noise, so
+    a model that treats frames independently (temporal parts at their identity initialisation) gives exactly the
+    loss of the clip in order; trained-looking temporal weights make the order matter."""
+    from ff_lightning.evaluation.keyframes import heldout_loss, opposite_direction_caption
+
+    assert opposite_direction_caption("a red circle moving left slowly") == "a red circle moving right slowly"
+    assert opposite_direction_caption("a red circle moving down quickly") == "a red circle moving up quickly"
+    cfg = load_config(
+        ROOT / "experiments/keyframes/base.yaml",
+        _overrides(cache, tmp_path, "module.allow_random_t2i=true", "data.num_frames=4"),
+    )
+    module = build_system(cfg).eval()
+    g = torch.Generator().manual_seed(0)
+    video = torch.rand(2, 4, 3, 32, 32, generator=g) * 2 - 1
+    batch = {"video": video, "caption": ["a red circle moving left slowly", "a blue square moving up quickly"],
+             "meta": [{}, {}]}  # fmt: skip
+    steps = [100, 600, 900]
+    plain = heldout_loss(module, batch, 0, steps)
+    backwards = heldout_loss(module, batch, 0, steps, reverse_frames=True)
+    torch.testing.assert_close(backwards, plain, rtol=1e-6, atol=1e-9)  # frames independent: order is invisible
+    with torch.no_grad():
+        for _, p in module.unet.added_parameters():
+            p.normal_(0.0, 0.1, generator=g)
+    plain = heldout_loss(module, batch, 0, steps)
+    assert (heldout_loss(module, batch, 0, steps, reverse_frames=True) - plain).abs().min() > 1e-6

@@ -35,6 +35,11 @@ sweep's ``evaluate:`` section, :data:`DEFAULTS`):
   stage's reference (made by the T2I base), never a real frame; the extra figures ``reference_frame_mse`` /
   ``reference_other_frames_mse`` are the mean squared difference (pixels on [0, 1]) between that reference image and
   the generated frame that was given it / the other frames.
+- ``motion_word_gain`` / ``time_order_gain`` (bundled captioned shapes only; what the model learned of motion, from
+  the same held-out loss, clip by clip): the loss with the caption's direction word replaced by its opposite
+  (left <-> right, up <-> down) minus the loss with the true caption, and the loss of the clip played backwards (true
+  caption) minus the loss of the clip. Zero when the model ignores the motion words / the order of the frames; a
+  positive interval that excludes 0 says it uses them. ``motion_acc`` cannot exceed chance while both are ~0.
 - ``motion``: per generated clip, the mean absolute frame-to-frame change on [0, 1] (all pixels and channels);
   ``motion_gap``: ``|motion(generated i) - motion(real clip i)|``, real clip ``i`` being the held-out clip whose caption
   is prompt ``i`` (its shape, colour, direction and speed). The real mean is the extra figure ``real_motion``.
@@ -171,6 +176,7 @@ def heldout_loss(
     seed: int = 0,
     *,
     given_reference: bool = False,
+    reverse_frames: bool = False,
 ) -> torch.Tensor:
     """Denoising loss per clip ``(B,)`` of a batch of held-out clips, averaged over the fixed ``timesteps``.
 
@@ -178,28 +184,29 @@ def heldout_loss(
     ``s`` is drawn from a generator seeded with ``(seed, first_index + j, s)``, so every model sees the same inputs.
     ``given_reference`` (reference-conditioned modules): the clip's own clean frame is given as the reference
     (:meth:`~ff_lightning.systems.reference_keyframes.ReferenceKeyframesModule.given_reference`); else none is.
+    ``reverse_frames``: the clips played backwards, each frame keeping its own noise (so a model that treats frames
+    independently gives exactly the loss of the clips in order).
     """
     video = batch["video"].to(module.device)
+    if reverse_frames:
+        video = video.flip(1)  # b t ... with t reversed
     b, t = video.shape[:2]
     x0 = module.encode_frames(rearrange(video, "b t c h w -> (b t) c h w"))  # (b t) 4 h w
     context, mask = module.text_condition(batch["caption"])  # b l c, b l
     strides = module.frame_strides(batch, b)
     total = torch.zeros(b, dtype=torch.float64)
     for s in timesteps:
-        noise = (
-            torch.stack(
-                [
-                    torch.randn(
-                        (t, *x0.shape[1:]),
-                        generator=torch.Generator().manual_seed(_mix(seed, first_index + j, int(s))),
-                        dtype=x0.dtype,
-                    )
-                    for j in range(b)
-                ]
-            )
-            .flatten(0, 1)
-            .to(x0.device)
-        )  # (b t) 4 h w
+        per_clip = [
+            torch.randn(
+                (t, *x0.shape[1:]),
+                generator=torch.Generator().manual_seed(_mix(seed, first_index + j, int(s))),
+                dtype=x0.dtype,
+            )  # t 4 h w
+            for j in range(b)
+        ]
+        if reverse_frames:  # the noise follows its frame
+            per_clip = [n.flip(0) for n in per_clip]
+        noise = torch.stack(per_clip).flatten(0, 1).to(x0.device)  # (b t) 4 h w
         steps = torch.full((b * t,), int(s), device=x0.device, dtype=torch.long)
         x_t = module.schedule.q_sample(x0, steps, noise)
         extras = module.given_reference(x0, b) if given_reference else {}
@@ -360,6 +367,47 @@ def _caption_accuracy(
     return {f"real_{k}_acc": float(real_hits[k].mean()) for k in ATTRIBUTES}
 
 
+def opposite_direction_caption(caption: str) -> str:
+    """``"a red circle moving left slowly"`` -> ``"a red circle moving right slowly"`` (every direction word swapped)."""
+    from ff_lightning.data.bundled.shapes import DIRECTIONS
+
+    opposite = {"left": "right", "right": "left", "up": "down", "down": "up"}
+    assert set(opposite) == set(DIRECTIONS)
+    return " ".join(opposite.get(word, word) for word in caption.split())
+
+
+def _motion_gains(
+    module: Any,
+    cfg: DictConfig,
+    ref: dict[str, Any],
+    held_u8: torch.Tensor,
+    loss_n: int,
+    lb: int,
+    o: dict[str, Any],
+    losses: torch.Tensor,
+) -> dict[str, Any]:
+    """``motion_word_gain`` and ``time_order_gain`` per held-out clip (see the module docstring); ``losses`` ``(loss_n,)``
+    are the clips' own held-out losses (true caption, frames in order)."""
+    if str(cfg.data.source) != "bundled_shapes":
+        reason = "needs the bundled captioned shapes (captions that state a motion direction)"
+        return {"motion_word_gain": summarize(None, reason), "time_order_gain": summarize(None, reason)}
+    swapped, backwards = [], []
+    for start in range(0, loss_n, lb):
+        stop = min(loss_n, start + lb)
+        video = _unit_videos(held_u8[start:stop])
+        captions, metas = ref["caption"][start:stop], ref["meta"][start:stop]
+        other = {"video": video, "caption": [opposite_direction_caption(c) for c in captions], "meta": metas}
+        same = {"video": video, "caption": captions, "meta": metas}
+        swapped.append(heldout_loss(module, other, start, o["loss_timesteps"], int(o["loss_seed"])))
+        backwards.append(
+            heldout_loss(module, same, start, o["loss_timesteps"], int(o["loss_seed"]), reverse_frames=True)
+        )
+    return {
+        "motion_word_gain": summarize(torch.cat(swapped) - losses),
+        "time_order_gain": summarize(torch.cat(backwards) - losses),
+    }
+
+
 # ------------------------------------------------------------------------------------------------------ evaluator
 def _eval_device(cfg: DictConfig) -> torch.device:
     use_gpu = str(cfg.trainer.accelerator) in ("auto", "gpu", "cuda") and torch.cuda.is_available()
@@ -474,6 +522,7 @@ def _evaluate(
             given.append(heldout_loss(module, batch, start, o["loss_timesteps"], int(o["loss_seed"]),
                                       given_reference=True))  # fmt: skip
     out["val_loss"] = summarize(torch.cat(losses))
+    out.update(_motion_gains(module, cfg, ref, held_u8, loss_n, lb, o, torch.cat(losses)))
 
     for name, reason in _unavailable_reasons(t, h, w).items():
         out[name] = summarize(None, reason)
