@@ -670,6 +670,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default=AUGMENT,
         help=f"the project's training augmentations (crops, pans, flips, keyframe blur; default {AUGMENT})",
     )
+    p.add_argument(
+        "--blend-residual",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="both models diffuse the difference to the linear blend of the keyframes (module.blend_residual)",
+    )
     p.add_argument("--eval-skip", type=int, default=1, help="held-out sequences: skip s (default 1)")
     p.add_argument("--eval-hop", type=int, default=7, help="held-out sequences: source frames between starts")
     p.add_argument("--max-eval", type=int, default=0, help="at most this many held-out sequences (0: all)")
@@ -696,6 +702,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Path]:
     build_set(args.source.removeprefix("bundled_"), cache, progress=False)
     setup = build_setup(args)
     methods, null = setup.methods, setup.null
+    for method in methods.values():
+        method.blend_residual = args.blend_residual
     print(f"training both models for {args.train_steps} steps of batch {args.batch_size}", flush=True)
     res: dict[str, Any] = {"train": train(args, setup, cache), "base": setup.base}
     seqs = eval_sequences(args, cache)

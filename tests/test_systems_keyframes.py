@@ -195,3 +195,33 @@ def test_motion_figures_see_frame_order_and_motion_words(cache: Path, tmp_path: 
             p.normal_(0.0, 0.1, generator=g)
     plain = heldout_loss(module, batch, 0, steps)
     assert (heldout_loss(module, batch, 0, steps, reverse_frames=True) - plain).abs().min() > 1e-6
+
+
+def test_full_finetune_and_timestep_shift_options(cache: Path, tmp_path: Path) -> None:
+    """module.train_spatial unfreezes the inherited UNet weights (default: frozen); module.timestep_shift draws training
+    steps towards high noise (1: uniform, the same draws as before)."""
+    from ff_lightning.systems.t2i import _draw
+
+    def trainable(*extra: str) -> tuple[int, int]:
+        cfg = load_config(ROOT / "experiments/keyframes/base.yaml",
+                          _overrides(cache, tmp_path, "module.allow_random_t2i=true", "data.num_frames=4", *extra))  # fmt: skip
+        unet = build_system(cfg).unet
+        inherited = [p.requires_grad for n, p in unet.named_parameters() if n in unet.inherited_parameter_names]
+        return sum(inherited), len(inherited)
+
+    frozen, total = trainable()
+    assert frozen == 0 and total > 0
+    assert trainable("module.train_spatial=true") == (total, total)
+
+    schedule = build_system(load_config(ROOT / "experiments/keyframes/base.yaml", _overrides(
+        cache, tmp_path, "module.allow_random_t2i=true", "data.num_frames=4"))).schedule  # fmt: skip
+    x0 = torch.zeros(4000, 1)
+    plain, _ = _draw(schedule, x0, 4000, torch.Generator().manual_seed(0))
+    same, _ = _draw(schedule, x0, 4000, torch.Generator().manual_seed(0), shift=1.0)
+    assert torch.equal(plain, same)
+    shifted, _ = _draw(schedule, x0, 4000, torch.Generator().manual_seed(0), shift=4.0)
+    # u -> 4u / (1 + 3u): the median step moves from ~500 to 1000 * 4 * 0.5 / 2.5 = 800
+    assert abs(float(plain.float().median()) - 500) < 40 and abs(float(shifted.float().median()) - 800) < 40
+    assert int(shifted.min()) >= 0 and int(shifted.max()) <= schedule.num_steps - 1
+    with pytest.raises(ValueError, match="must be > 0"):
+        _draw(schedule, x0, 4, None, shift=0.0)

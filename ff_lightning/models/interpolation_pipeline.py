@@ -69,6 +69,7 @@ __all__ = [
     "num_keyframes_of",
     "output_frames",
     "keyframe_mask",
+    "linear_blend",
     "split_sequence",
     "merge_sequence",
     "perturb_conditioning",
@@ -103,6 +104,18 @@ def keyframe_mask(length: int, device: torch.device | str | None = None) -> torc
     """``(L,)`` bool, True at the keyframe positions ``0, 4, ...``."""
     num_keyframes_of(length)
     return torch.arange(length, device=device) % _STEP == 0
+
+
+def linear_blend(keys: torch.Tensor, length: int) -> torch.Tensor:
+    """Keyframes ``(B, K, c, h, w)`` -> the sequence ``(B, L, c, h, w)`` whose frames between neighbouring keyframes
+    are their linear blend ``(1 - j / 4) left + (j / 4) right`` at position ``j`` of the gap (keyframes kept)."""
+    if output_frames(keys.shape[1]) != length:
+        raise ValueError(f"{keys.shape[1]} keyframes make {output_frames(keys.shape[1])} frames, not {length}")
+    left, right = keys[:, :-1], keys[:, 1:]  # b g c h w
+    w = torch.arange(1, _STEP, device=keys.device, dtype=keys.dtype) / _STEP  # (3,): 1/4, 2/4, 3/4
+    w = w[None, None, :, None, None, None]
+    middles = (1 - w) * left[:, :, None] + w * right[:, :, None]  # b g f c h w
+    return merge_sequence(keys, middles)
 
 
 def split_sequence(seq: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -254,8 +267,9 @@ class InterpolationMethod(ABC):
 
     name: ClassVar[str]
 
-    def __init__(self, unet: nn.Module) -> None:
+    def __init__(self, unet: nn.Module, blend_residual: bool = False) -> None:
         self.unet = unet
+        self.blend_residual = blend_residual  # diffuse the difference to the linear blend of the keyframes
 
     # -------------------------------------------------------------------------------------------- per method
     @abstractmethod
@@ -300,6 +314,13 @@ class InterpolationMethod(ABC):
     def _context(self, null_embedding: torch.Tensor, videos: int) -> tuple[torch.Tensor, torch.Tensor]:
         return null_context(null_embedding, videos)
 
+    def _offset(self, keys: torch.Tensor, length: int) -> torch.Tensor | None:
+        """With ``blend_residual``: the linear blend of the clean keyframes ``(B, K, c, h, w)`` in this method's
+        sampling layout (what is added to the sampled tensor, and subtracted from the training targets); else None."""
+        if not self.blend_residual:
+            return None
+        return self._targets(linear_blend(keys, length))
+
     def loss(
         self,
         seq: torch.Tensor,
@@ -328,6 +349,9 @@ class InterpolationMethod(ABC):
         )
         keys_p = rearrange(flat, "(b k) c h w -> b k c h w", b=b) * keep[:, None, None, None, None].to(seq.dtype)
         x0 = self._targets(seq)  # rows of this method's layout
+        offset = self._offset(keys, length)
+        if offset is not None:
+            x0 = x0 - offset  # the model generates the difference to the blend of the keyframes
         noise = _draw_normal(x0, generator)
         rows_t = repeat(t, "b -> (b r)", r=x0.shape[0] // b)  # each video's rows share its timestep
         x_t = schedule.q_sample(x0, rows_t, noise)
@@ -416,7 +440,8 @@ class InterpolationMethod(ABC):
             threshold=sampling.threshold, threshold_group=shape[0] // b, generator=generator, device=keys.device,
             dtype=keys.dtype,
         )  # fmt: skip
-        return self._assemble(x0, keys)
+        offset = self._offset(keys, output_frames(k))
+        return self._assemble(x0 if offset is None else x0 + offset, keys)
 
 
 class FusionFramesMethod(InterpolationMethod):
@@ -517,12 +542,12 @@ class MaskedFrameMethod(InterpolationMethod):
         return repeat(unknown, "t -> (b t)", b=batch)  # only the frames to generate count
 
 
-def method_for(unet: nn.Module) -> InterpolationMethod:
+def method_for(unet: nn.Module, blend_residual: bool = False) -> InterpolationMethod:
     """The method matching a UNet: :class:`FusionFramesMethod` or :class:`MaskedFrameMethod`."""
     if isinstance(unet, InterpolationUNet):
-        return FusionFramesMethod(unet)
+        return FusionFramesMethod(unet, blend_residual)
     if isinstance(unet, MaskedInterpolationUNet):
-        return MaskedFrameMethod(unet)
+        return MaskedFrameMethod(unet, blend_residual)
     raise TypeError(f"no interpolation method for {type(unet).__name__}")
 
 

@@ -54,6 +54,8 @@ class KeyframesSystemConfig(DiffusionSystemConfig):
     t2i_use_ema: bool = True  # take the EMA weights of a t2i checkpoint that has them
     allow_random_t2i: bool = False  # tests only: a randomly initialised image UNet
     train_text_projection: bool = False  # also fine-tune the text projection and the null embedding
+    train_spatial: bool = False  # also fine-tune the inherited spatial UNet (the paper freezes it)
+    timestep_shift: float = 1.0  # >1 draws training steps towards high noise (SD3-style shift; 1 = uniform)
     frame_position_unit: float | None = None  # None: the release's 180 // num_frames
     frame_rate_conditioning: bool = True  # scale frame positions by the clip's source-frame step
     sample_frame_step: float | None = None  # source-frame step of logged samples (None: data.stride)
@@ -153,7 +155,7 @@ class KeyframesModule(LatentDiffusionSystem):
                 self.null_embedding.load_state_dict(t2i.null_embedding)
         self.text_projection.requires_grad_(train_text)
         self.null_embedding.requires_grad_(train_text)
-        self.unet.freeze_inherited(True)
+        self.unet.freeze_inherited(not bool(self.m.train_spatial))
 
     # ----------------------------------------------------------------------------------------------- frame rate
     def frame_strides(self, batch: Mapping[str, Any], videos: int) -> torch.Tensor:
@@ -174,7 +176,8 @@ class KeyframesModule(LatentDiffusionSystem):
             raise ValueError(f"clips of {t} frames for a keyframe model of {self.num_frames} (data.num_frames)")
         x0 = self.encode_frames(rearrange(video, "b t c h w -> (b t) c h w"))  # (b t) 4 h w
         context, mask = self.text_condition(batch["caption"], drop=generator is None)  # per clip: b l c, b l
-        steps, noise = _draw(self.schedule, x0, b, generator)  # one step per clip, noise per frame
+        shift = float(self.m.timestep_shift)
+        steps, noise = _draw(self.schedule, x0, b, generator, shift=shift)  # one step per clip, noise per frame
         steps = repeat(steps, "b -> (b t)", t=t)  # (b t): every frame at its clip's step
         x_t = self.schedule.q_sample(x0, steps, noise)
         extras = self.unet_extras(x0, b, generator)

@@ -375,14 +375,32 @@ class T2IModule(LatentDiffusionSystem):
 
 
 def _draw(
-    schedule: NoiseSchedule, x0: torch.Tensor, count: int, generator: torch.Generator | None
+    schedule: NoiseSchedule,
+    x0: torch.Tensor,
+    count: int,
+    generator: torch.Generator | None,
+    shift: float = 1.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``count`` random step indices ``(count,)`` and noise like ``x0``; from ``generator`` (CPU) when given."""
-    if generator is None:
-        steps = torch.randint(0, schedule.num_steps, (count,), device=x0.device)
-        return steps, torch.randn_like(x0)
-    steps = torch.randint(0, schedule.num_steps, (count,), generator=generator)
-    noise = torch.randn(x0.shape, generator=generator, dtype=x0.dtype)
+    """``count`` random step indices ``(count,)`` and noise like ``x0``; from ``generator`` (CPU) when given.
+
+    ``shift`` 1: uniform steps. Otherwise ``u ~ U(0, 1)`` is mapped to ``shift u / (1 + (shift - 1) u)`` before it
+    is scaled to a step index: ``shift > 1`` trains more often at high noise (the SD3 resolution shift).
+    """
+    if shift == 1.0:
+        if generator is None:
+            steps = torch.randint(0, schedule.num_steps, (count,), device=x0.device)
+            return steps, torch.randn_like(x0)
+        steps = torch.randint(0, schedule.num_steps, (count,), generator=generator)
+        noise = torch.randn(x0.shape, generator=generator, dtype=x0.dtype)
+        return steps.to(x0.device), noise.to(x0.device)
+    if not shift > 0:
+        raise ValueError(f"timestep shift must be > 0, got {shift}")
+    u = torch.rand((count,), generator=generator)  # (count,) on the CPU
+    u = shift * u / (1 + (shift - 1) * u)
+    steps = (u * schedule.num_steps).long().clamp_(0, schedule.num_steps - 1)
+    noise = (
+        torch.randn(x0.shape, generator=generator, dtype=x0.dtype) if generator is not None else torch.randn_like(x0)
+    )
     return steps.to(x0.device), noise.to(x0.device)
 
 
