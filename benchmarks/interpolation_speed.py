@@ -676,6 +676,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default=False,
         help="both models diffuse the difference to the linear blend of the keyframes (module.blend_residual)",
     )
+    p.add_argument("--residual-scale", type=float, default=1.0,
+                   help="with --blend-residual: factor on the difference (about 1 / its std; default 1)")  # fmt: skip
     p.add_argument("--eval-skip", type=int, default=1, help="held-out sequences: skip s (default 1)")
     p.add_argument("--eval-hop", type=int, default=7, help="held-out sequences: source frames between starts")
     p.add_argument("--max-eval", type=int, default=0, help="at most this many held-out sequences (0: all)")
@@ -703,7 +705,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Path]:
     setup = build_setup(args)
     methods, null = setup.methods, setup.null
     for method in methods.values():
-        method.blend_residual = args.blend_residual
+        method.blend_residual, method.residual_scale = args.blend_residual, args.residual_scale
     print(f"training both models for {args.train_steps} steps of batch {args.batch_size}", flush=True)
     res: dict[str, Any] = {"train": train(args, setup, cache), "base": setup.base}
     seqs = eval_sequences(args, cache)

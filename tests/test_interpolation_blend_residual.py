@@ -53,20 +53,21 @@ def test_linear_blend_matches_the_formula() -> None:
         linear_blend(keys, 10)
 
 
-@pytest.mark.parametrize("name", ["fusionframes", "masked"])
-def test_sampling_adds_the_blend_to_what_the_model_samples(unets: dict, name: str) -> None:
-    """Same UNet, same seed: the residual model's output = the plain model's output + the blend (middle frames);
-    the keyframes are kept either way."""
+@pytest.mark.parametrize(("name", "scale"), [("fusionframes", 1.0), ("masked", 1.0), ("fusionframes", 3.0)])
+def test_sampling_adds_the_blend_to_what_the_model_samples(unets: dict, name: str, scale: float) -> None:
+    """Same UNet, same seed: the residual model's output = the plain model's output / residual_scale + the blend
+    (middle frames); the keyframes are kept either way."""
     keys = torch.randn(1, 3, 4, HW, HW, generator=torch.Generator().manual_seed(3))
     null = torch.randn(32)
     sampling = SamplingOptions(SamplingSchedule.subsample(NoiseSchedule.cosine(1000), 2), "ddim")
     plain = interpolate(method_for(unets[name]), keys, null, sampling, generator=torch.Generator().manual_seed(5))
-    resid = interpolate(method_for(unets[name], blend_residual=True), keys, null, sampling,
+    resid = interpolate(method_for(unets[name], blend_residual=True, residual_scale=scale), keys, null, sampling,
                         generator=torch.Generator().manual_seed(5))  # fmt: skip
     assert torch.equal(resid[:, ::4], keys)
     middle = torch.ones(9, dtype=torch.bool)
     middle[::4] = False
-    torch.testing.assert_close(resid[:, middle], plain[:, middle] + _blend_by_hand(keys)[:, middle], rtol=0, atol=1e-5)
+    torch.testing.assert_close(resid[:, middle], plain[:, middle] / scale + _blend_by_hand(keys)[:, middle], rtol=0,
+                               atol=1e-5)  # fmt: skip
     assert (resid[:, middle] - plain[:, middle]).abs().max() > 0.1  # the blend is not a no-op
 
 
@@ -84,7 +85,32 @@ def test_training_target_is_the_difference_to_the_blend(unets: dict) -> None:
             return method.loss(seq, 1, schedule, null, generator=torch.Generator().manual_seed(9))
 
     unet = unets["fusionframes"]
-    resid = loss(FusionFramesMethod(unet, blend_residual=True), on_blend)
+    resid = loss(FusionFramesMethod(unet, blend_residual=True, residual_scale=3.0), on_blend)
     torch.testing.assert_close(resid, loss(FusionFramesMethod(unet), zero_middles), rtol=1e-6, atol=1e-7)
     assert not torch.isclose(resid, loss(FusionFramesMethod(unet), on_blend))
     assert MaskedFrameMethod(unets["masked"], blend_residual=True).blend_residual
+
+
+def test_stage_reads_the_option_from_its_settings(unets: dict) -> None:
+    """Inference without Lightning (pipelines.stages.InterpolationStage) samples the way the run's config trained:
+    module.blend_residual / residual_scale; configs written before the option exist read as off."""
+    from omegaconf import OmegaConf
+
+    from ff_lightning.pipelines.stages import InterpolationStage
+    from ff_lightning.systems.interpolation import InterpolationSystemConfig
+
+    base = OmegaConf.structured(InterpolationSystemConfig())
+    old = OmegaConf.create({k: v for k, v in OmegaConf.to_container(base).items()
+                            if k not in ("blend_residual", "residual_scale")})  # fmt: skip
+    on = OmegaConf.merge(base, {"blend_residual": True, "residual_scale": 2.0, "sample_steps": 2})
+    off = OmegaConf.merge(old, {"sample_steps": 2})
+    keys = torch.randn(1, 3, 4, HW, HW, generator=torch.Generator().manual_seed(3))
+    null, schedule = torch.randn(32), NoiseSchedule.cosine(1000)
+    out = {}
+    for name, settings in (("on", on), ("off", off)):
+        stage = InterpolationStage(unets["fusionframes"], null, torch.nn.Identity(), settings, schedule)
+        out[name] = stage.model_interpolate(keys, seed=1)
+    middle = torch.ones(9, dtype=torch.bool)
+    middle[::4] = False
+    torch.testing.assert_close(out["on"][:, middle], out["off"][:, middle] / 2.0 + _blend_by_hand(keys)[:, middle],
+                               rtol=0, atol=1e-5)  # fmt: skip

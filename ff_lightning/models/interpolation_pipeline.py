@@ -267,9 +267,10 @@ class InterpolationMethod(ABC):
 
     name: ClassVar[str]
 
-    def __init__(self, unet: nn.Module, blend_residual: bool = False) -> None:
+    def __init__(self, unet: nn.Module, blend_residual: bool = False, residual_scale: float = 1.0) -> None:
         self.unet = unet
         self.blend_residual = blend_residual  # diffuse the difference to the linear blend of the keyframes
+        self.residual_scale = residual_scale  # ... times this factor (about 1 / its std: unit-variance targets)
 
     # -------------------------------------------------------------------------------------------- per method
     @abstractmethod
@@ -351,7 +352,7 @@ class InterpolationMethod(ABC):
         x0 = self._targets(seq)  # rows of this method's layout
         offset = self._offset(keys, length)
         if offset is not None:
-            x0 = x0 - offset  # the model generates the difference to the blend of the keyframes
+            x0 = (x0 - offset) * self.residual_scale  # the model generates the (scaled) difference to the blend
         noise = _draw_normal(x0, generator)
         rows_t = repeat(t, "b -> (b r)", r=x0.shape[0] // b)  # each video's rows share its timestep
         x_t = schedule.q_sample(x0, rows_t, noise)
@@ -441,7 +442,7 @@ class InterpolationMethod(ABC):
             dtype=keys.dtype,
         )  # fmt: skip
         offset = self._offset(keys, output_frames(k))
-        return self._assemble(x0 if offset is None else x0 + offset, keys)
+        return self._assemble(x0 if offset is None else x0 / self.residual_scale + offset, keys)
 
 
 class FusionFramesMethod(InterpolationMethod):
@@ -542,12 +543,12 @@ class MaskedFrameMethod(InterpolationMethod):
         return repeat(unknown, "t -> (b t)", b=batch)  # only the frames to generate count
 
 
-def method_for(unet: nn.Module, blend_residual: bool = False) -> InterpolationMethod:
+def method_for(unet: nn.Module, blend_residual: bool = False, residual_scale: float = 1.0) -> InterpolationMethod:
     """The method matching a UNet: :class:`FusionFramesMethod` or :class:`MaskedFrameMethod`."""
     if isinstance(unet, InterpolationUNet):
-        return FusionFramesMethod(unet, blend_residual)
+        return FusionFramesMethod(unet, blend_residual, residual_scale)
     if isinstance(unet, MaskedInterpolationUNet):
-        return MaskedFrameMethod(unet, blend_residual)
+        return MaskedFrameMethod(unet, blend_residual, residual_scale)
     raise TypeError(f"no interpolation method for {type(unet).__name__}")
 
 

@@ -327,7 +327,8 @@ class InterpolationStage:
         schedule = SamplingSchedule.build(m.sample_spacing, steps or m.sample_steps, self.schedule)
         gen = torch.Generator(device="cpu").manual_seed(int(seed))
         return interpolate(
-            method_for(self.unet), latents, self.null_embedding,
+            method_for(self.unet, bool(m.get("blend_residual", False)), float(m.get("residual_scale", 1.0))),
+            latents, self.null_embedding,
             SamplingOptions(schedule, sampler or m.sampler, m.ddim_eta, m.dynamic_threshold), passes=passes,
             skip_frames=skip_frames if skip_frames is not None else (m.sample_skip or 1),
             perturbation_time=int(m.inference_perturbation if perturbation_time is None else perturbation_time),

@@ -90,6 +90,8 @@ class InterpolationSystemConfig:
     train_timesteps: int = 1000
     max_perturbation: int = 250  # tp uniform in 0..max_perturbation
     uncond_prob: float = 0.1  # conditioning zeroed and temporal outputs masked
+    blend_residual: bool = False  # not the paper's: diffuse the difference to the linear blend of the keyframes
+    residual_scale: float = 1.0  # with blend_residual: factor on that difference (about 1 / its std)
     # samples (data.num_frames = 4K - 3) and augmentations: see ff_lightning.data.interpolation
     min_skip: int = 1
     max_skip: int = 12
@@ -152,7 +154,8 @@ class InterpolationModule(FrozenMoVQDiffusionSystem):
         self.schedule = NoiseSchedule.cosine(m.train_timesteps)
         self.movq = build_frozen_movq(m)
         self.unet = self._build_unet()
-        self.method: InterpolationMethod = method_for(self.unet)
+        _check(m.residual_scale > 0, f"module.residual_scale must be > 0, got {m.residual_scale}")
+        self.method: InterpolationMethod = method_for(self.unet, bool(m.blend_residual), float(m.residual_scale))
         self.null_embedding = NullEmbedding(int(self.unet.config["context_dim"]))
         t2i = self.__dict__.pop("_t2i", None)
         if t2i is not None and t2i.null_embedding is None and not m.train_null_embedding:
