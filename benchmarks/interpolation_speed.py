@@ -543,7 +543,14 @@ def write_markdown(path: Path, args: argparse.Namespace, res: dict[str, Any], me
         f"start from the same image UNet (t2i `{res['base']['t2i']}`) in the latent space of the same frozen MoVQ "
         f"(`{res['base']['movq']}`, latents times {res['base']['latent_scale']:g}) and train on the same batches "
         f"(s in 1..{args.max_skip}, augmentations {'on' if args.augment else 'off'}), AdamW lr {args.lr}; sampling {args.steps} DDIM steps, "
-        f"guidance w = {args.guidance}. Metrics on the decoded middle frames against the real ones, one value per "
+        f"guidance w = {args.guidance}."
+        + (
+            f" Both models diffuse the difference to the linear blend of the keyframe latents, times "
+            f"{args.residual_scale:g} (`--blend-residual`, module.blend_residual; not the paper's objective)."
+            if args.blend_residual
+            else ""
+        )
+        + " Metrics on the decoded middle frames against the real ones, one value per "
         "sequence, mean [95% bootstrap interval]; gain = paired PSNR difference to the linear blend. The copy and "
         "blend rows show how much the footage moves between keyframes; the MoVQ row is the ceiling of any model "
         "in this latent space.",
@@ -678,6 +685,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--residual-scale", type=float, default=1.0,
                    help="with --blend-residual: factor on the difference (about 1 / its std; default 1)")  # fmt: skip
+    p.add_argument("--timestep-shift", type=float, default=1.0,
+                   help="training steps towards high noise: u -> s u / (1 + (s - 1) u) (default 1: uniform)")  # fmt: skip
     p.add_argument("--eval-skip", type=int, default=1, help="held-out sequences: skip s (default 1)")
     p.add_argument("--eval-hop", type=int, default=7, help="held-out sequences: source frames between starts")
     p.add_argument("--max-eval", type=int, default=0, help="at most this many held-out sequences (0: all)")
@@ -706,6 +715,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Path]:
     methods, null = setup.methods, setup.null
     for method in methods.values():
         method.blend_residual, method.residual_scale = args.blend_residual, args.residual_scale
+        method.timestep_shift = args.timestep_shift
     print(f"training both models for {args.train_steps} steps of batch {args.batch_size}", flush=True)
     res: dict[str, Any] = {"train": train(args, setup, cache), "base": setup.base}
     seqs = eval_sequences(args, cache)

@@ -114,3 +114,16 @@ def test_stage_reads_the_option_from_its_settings(unets: dict) -> None:
     middle[::4] = False
     torch.testing.assert_close(out["on"][:, middle], out["off"][:, middle] / 2.0 + _blend_by_hand(keys)[:, middle],
                                rtol=0, atol=1e-5)  # fmt: skip
+
+
+def test_timestep_shift_moves_training_steps_towards_high_noise() -> None:
+    from ff_lightning.models.interpolation_pipeline import shift_timesteps
+
+    t = torch.arange(1000)
+    assert torch.equal(shift_timesteps(t, 1000, 1.0), t)
+    shifted = shift_timesteps(t, 1000, 4.0)
+    assert int(shifted.min()) >= 0 and int(shifted.max()) == 999
+    assert bool((shifted >= t).all()) and bool((shifted[1:] >= shifted[:-1]).all())  # monotone, never lower
+    assert abs(float(shifted.float().median()) - 800) < 5  # 4 * 0.5 / (1 + 3 * 0.5) = 0.8
+    with pytest.raises(ValueError, match="must be > 0"):
+        shift_timesteps(t, 1000, 0.0)

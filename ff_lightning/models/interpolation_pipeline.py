@@ -70,6 +70,7 @@ __all__ = [
     "output_frames",
     "keyframe_mask",
     "linear_blend",
+    "shift_timesteps",
     "split_sequence",
     "merge_sequence",
     "perturb_conditioning",
@@ -245,6 +246,17 @@ def _draw_int(high: int, n: int, generator: torch.Generator | None, device: torc
     return torch.randint(0, high, (n,), generator=generator).to(device)
 
 
+def shift_timesteps(t: torch.Tensor, num_steps: int, shift: float) -> torch.Tensor:
+    """Uniform step indices ``t`` ``(n,)`` -> shifted ones: ``u = (t + 0.5) / N`` becomes ``shift u / (1 + (shift - 1)
+    u)`` (the SD3 resolution shift; ``shift > 1`` trains more often at high noise). ``shift = 1`` returns ``t``."""
+    if shift == 1.0:
+        return t
+    if not shift > 0:
+        raise ValueError(f"timestep shift must be > 0, got {shift}")
+    u = (t.double() + 0.5) / num_steps
+    return (shift * u / (1 + (shift - 1) * u) * num_steps).long().clamp(0, num_steps - 1)
+
+
 def _draw_uniform(n: int, generator: torch.Generator | None, device: torch.device) -> torch.Tensor:
     if generator is None:
         return torch.rand(n, device=device)
@@ -267,8 +279,11 @@ class InterpolationMethod(ABC):
 
     name: ClassVar[str]
 
-    def __init__(self, unet: nn.Module, blend_residual: bool = False, residual_scale: float = 1.0) -> None:
+    def __init__(
+        self, unet: nn.Module, blend_residual: bool = False, residual_scale: float = 1.0, timestep_shift: float = 1.0
+    ) -> None:
         self.unet = unet
+        self.timestep_shift = timestep_shift  # training steps towards high noise (1: uniform, the paper's)
         self.blend_residual = blend_residual  # diffuse the difference to the linear blend of the keyframes
         self.residual_scale = residual_scale  # ... times this factor (about 1 / its std: unit-variance targets)
 
@@ -343,6 +358,7 @@ class InterpolationMethod(ABC):
         keys, _ = split_sequence(seq)
         tp = _draw_int(max_perturbation + 1, b, generator, dev)  # one level per video
         t = _draw_int(schedule.num_steps, b, generator, dev)  # one timestep per video
+        t = shift_timesteps(t, schedule.num_steps, self.timestep_shift)
         keep = _draw_uniform(b, generator, dev) >= uncond_prob
         flat = rearrange(keys, "b k c h w -> (b k) c h w")  # every keyframe a row
         flat = perturb_conditioning(

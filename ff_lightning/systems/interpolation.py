@@ -92,6 +92,7 @@ class InterpolationSystemConfig:
     uncond_prob: float = 0.1  # conditioning zeroed and temporal outputs masked
     blend_residual: bool = False  # not the paper's: diffuse the difference to the linear blend of the keyframes
     residual_scale: float = 1.0  # with blend_residual: factor on that difference (about 1 / its std)
+    timestep_shift: float = 1.0  # training steps towards high noise (u -> s u / (1 + (s - 1) u)); 1: uniform
     # samples (data.num_frames = 4K - 3) and augmentations: see ff_lightning.data.interpolation
     min_skip: int = 1
     max_skip: int = 12
@@ -155,7 +156,9 @@ class InterpolationModule(FrozenMoVQDiffusionSystem):
         self.movq = build_frozen_movq(m)
         self.unet = self._build_unet()
         _check(m.residual_scale > 0, f"module.residual_scale must be > 0, got {m.residual_scale}")
+        _check(m.timestep_shift > 0, f"module.timestep_shift must be > 0, got {m.timestep_shift}")
         self.method: InterpolationMethod = method_for(self.unet, bool(m.blend_residual), float(m.residual_scale))
+        self.method.timestep_shift = float(m.timestep_shift)
         self.null_embedding = NullEmbedding(int(self.unet.config["context_dim"]))
         t2i = self.__dict__.pop("_t2i", None)
         if t2i is not None and t2i.null_embedding is None and not m.train_null_embedding:
