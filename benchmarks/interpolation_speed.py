@@ -32,7 +32,8 @@ latent scale. ``--base random`` (tests only) uses a seeded random UNet over a ra
    neighbouring keyframes. Reference rows: the linear blend, a copy of the left keyframe (how much the footage
    moves), the MoVQ reconstruction of the real frames (the ceiling of a model in this latent space) and the linear
    blend of the keyframe latents, decoded (the same blend in the model's space); LPIPS when its weights are
-   installed.
+   installed. ``--pixel-correction`` adds a row per model: the pixel blend plus the model's decoded change to the
+   decoded latent blend (static content then keeps the pixel blend instead of the MoVQ's reconstruction).
 3. **Speed.** Both trained models interpolate the same ``--keyframes`` random keyframes of ``--speed-size`` pixels
    latents into ``4K - 3`` frames (one pass, batch 1, the same ``--steps`` sampling steps and guidance, both branches
    batched): one warm-up each (which also counts the FLOPs), then ``--repeats`` rounds timing each once (order
@@ -96,6 +97,8 @@ EMA_DECAY = 0.0
 METHOD_LABELS = {
     "fusionframes": "FusionFrames",
     "masked": "masked frames",
+    "fusionframes_pixel_correction": "FusionFrames, change decoded onto the pixel blend",
+    "masked_pixel_correction": "masked frames, change decoded onto the pixel blend",
     "flow_pixel": "flow (Farneback, pixels)",
     "flow_latent": "flow (Farneback, latent grid)",
 }
@@ -353,6 +356,10 @@ def evaluate(
     """Every row's middle frames of ``seqs`` ``(N, L, 3, H, W)`` scored against the real ones (see :func:`score`)."""
     sampling = SamplingOptions(SamplingSchedule.subsample(NoiseSchedule.cosine(1000), args.steps), "ddim")
     latents = torch.cat([encode(setup, seqs[i : i + 8]) for i in range(0, seqs.shape[0], 8)])
+    refs = reference_interpolations(seqs)
+    # the blend a latent model starts from (--blend-residual): the same blend in the MoVQ latent space, decoded
+    latent_blend = reference_interpolations(latents)["linear blend of keyframes"]
+    latent_blend_px = torch.cat([decode(setup, latent_blend[i : i + 8]) for i in range(0, latent_blend.shape[0], 8)])
     out = {}
     for name, method in setup.methods.items():
         preds = []
@@ -366,18 +373,17 @@ def evaluate(
             preds.append(decode(setup, z))
         out[name] = score(torch.cat(preds), seqs)
         print(f"  quality {name}: PSNR {out[name]['psnr']:.2f} dB, SSIM {out[name]['ssim']:.3f}", flush=True)
+        if args.pixel_correction:  # the model's change to the latent blend, decoded, added to the pixel blend
+            corrected = (refs["linear blend of keyframes"] + torch.cat(preds) - latent_blend_px).clamp(-1, 1)
+            out[f"{name}_pixel_correction"] = score(corrected, seqs)
+            print(f"  quality {name} (pixel correction): PSNR {out[f'{name}_pixel_correction']['psnr']:.2f} dB")
     for name, arm in (arms or {}).items():  # the same keyframes, the same output frames
         pred = arm(seqs[:, ::4])
         assert pred.shape == seqs.shape
         out[name] = score(pred, seqs)
         print(f"  quality {name}: PSNR {out[name]['psnr']:.2f} dB, SSIM {out[name]['ssim']:.3f}", flush=True)
-    refs = reference_interpolations(seqs)
     refs["MoVQ reconstruction of the real frames"] = decode(setup, latents)  # the ceiling of any latent model
-    # the blend a latent model starts from (--blend-residual): the same blend in the MoVQ latent space, decoded
-    latent_blend = reference_interpolations(latents)["linear blend of keyframes"]
-    refs["linear blend of keyframe latents, decoded"] = torch.cat(
-        [decode(setup, latent_blend[i : i + 8]) for i in range(0, latent_blend.shape[0], 8)]
-    )
+    refs["linear blend of keyframe latents, decoded"] = latent_blend_px
     for name, pred in refs.items():
         out[name] = score(pred, seqs)
         print(f"  quality {name}: PSNR {out[name]['psnr']:.2f} dB", flush=True)
@@ -694,6 +700,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                    help="with --blend-residual: factor on the difference (about 1 / its std; default 1)")  # fmt: skip
     p.add_argument("--timestep-shift", type=float, default=1.0,
                    help="training steps towards high noise: u -> s u / (1 + (s - 1) u) (default 1: uniform)")  # fmt: skip
+    p.add_argument("--pixel-correction", action=argparse.BooleanOptionalAction, default=False,
+                   help="also score each model as the pixel blend of the keyframes plus its decoded change to the "
+                   "decoded latent blend: decode(z) - decode(latent blend) + pixel blend (rows '... pixel blend')")  # fmt: skip
     p.add_argument("--eval-skip", type=int, default=1, help="held-out sequences: skip s (default 1)")
     p.add_argument("--eval-hop", type=int, default=7, help="held-out sequences: source frames between starts")
     p.add_argument("--max-eval", type=int, default=0, help="at most this many held-out sequences (0: all)")

@@ -27,7 +27,7 @@ def test_main_writes_md_csv_png(bench: ModuleType, bundled_cache: Path, tmp_path
             [
                 "--keyframes", "3", "--speed-size", "16", "--steps", "2", "--repeats", "1", "--train-steps", "2",
                 "--batch-size", "2", "--eval-hop", "64", "--max-eval", "4", "--workers", "0", "--no-paper-flops",
-                "--base", "random", "--train-size", "16",
+                "--base", "random", "--train-size", "16", "--blend-residual", "--pixel-correction",
                 "--cache", str(bundled_cache), "--out", str(tmp_path / "interp"),
             ]
         )  # fmt: skip
@@ -49,6 +49,7 @@ def test_main_writes_md_csv_png(bench: ModuleType, bundled_cache: Path, tmp_path
         for key, low, high in (("psnr", "psnr_ci_low", "psnr_ci_high"), ("psnr_gain_vs_blend", "gain_ci_low",
                                                                             "gain_ci_high")):  # fmt: skip
             assert float(r[low]) <= float(r[key]) <= float(r[high]), (r["method"], key)
+    assert {"fusionframes_pixel_correction", "masked_pixel_correction"} <= quality
     blend = next(r for r in rows if r["method"] == "linear blend of keyframes")
     assert float(blend["psnr_gain_vs_blend"]) == 0.0  # paired with itself
     copy = next(r for r in rows if r["method"] == "copy left keyframe")
