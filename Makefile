@@ -99,7 +99,7 @@ bench-keyframes: install ## keyframe-UNet training step time / memory per tempor
 bench-decoder: install ## decode throughput and peak memory per decoder variant and vs video length
 	$(PY) benchmarks/decoder_speed.py
 
-bench-interpolation: install ## FusionFrames vs masked-frame vs optical-flow interpolation: speed / FLOP ratio and quality (4 min; 13 min when it first trains the MoVQ and T2I base)
+bench-interpolation: install ## FusionFrames vs masked-frame vs optical-flow interpolation: speed / FLOP ratio and quality (32 min; about 42 min when it first trains the MoVQ and T2I base)
 	$(PY) benchmarks/interpolation_speed.py
 
 clean: ## remove caches and run outputs (keeps .venv)

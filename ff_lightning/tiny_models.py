@@ -3,8 +3,8 @@
 All three stages live in ONE MoVQ latent space: the image MoVQ and the text-to-image base that ``make
 compare-temporal`` trains on the bundled captioned shapes (same prepare chain, same cache keys: a machine that ran
 ``compare-temporal`` reuses both). ``make ablate-decoder``'s video decoders are trained over a different image MoVQ
-(the real-footage one), so they are not used here; neither are ``make bench-interpolation``'s models (pixel space,
-no checkpoints kept).
+(the real-footage one), so they are not used here; neither are ``make bench-interpolation``'s models (trained in
+memory over the same MoVQ and base, no checkpoints kept).
 
 :func:`build_tiny_models` provides, under ``$FF_CACHE_DIR/models/tiny_pipeline/``:
 
