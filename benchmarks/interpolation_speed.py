@@ -377,10 +377,11 @@ def evaluate(
                     guidance_weight=args.guidance, generator=gen,
                 )  # fmt: skip
             preds.append(decode(setup, z))
-        out[name] = score(torch.cat(preds), seqs)
+        pred = torch.cat(preds)
+        out[name] = score(pred, seqs)
         print(f"  quality {name}: PSNR {out[name]['psnr']:.2f} dB, SSIM {out[name]['ssim']:.3f}", flush=True)
         if args.pixel_correction:  # the model's change to the latent blend, decoded, added to the pixel blend
-            corrected = (refs["linear blend of keyframes"] + torch.cat(preds) - latent_blend_px).clamp(-1, 1)
+            corrected = (refs["linear blend of keyframes"] + pred - latent_blend_px).clamp(-1, 1)
             out[f"{name}_pixel_correction"] = score(corrected, seqs)
             print(f"  quality {name} (pixel correction): PSNR {out[f'{name}_pixel_correction']['psnr']:.2f} dB")
     for name, arm in (arms or {}).items():  # the same keyframes, the same output frames
@@ -716,7 +717,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                    help=f"training steps towards high noise: u -> s u / (1 + (s - 1) u) (default {TIMESTEP_SHIFT:g}; 1: uniform, the paper's)")  # fmt: skip
     p.add_argument("--pixel-correction", action=argparse.BooleanOptionalAction, default=False,
                    help="also score each model as the pixel blend of the keyframes plus its decoded change to the "
-                   "decoded latent blend: decode(z) - decode(latent blend) + pixel blend (rows '... pixel blend')")  # fmt: skip
+                   "decoded latent blend: decode(z) - decode(latent blend) + pixel blend (rows '<method>_pixel_correction')")  # fmt: skip
     p.add_argument("--eval-skip", type=int, default=1, help="held-out sequences: skip s (default 1)")
     p.add_argument("--eval-hop", type=int, default=7, help="held-out sequences: source frames between starts")
     p.add_argument("--max-eval", type=int, default=0, help="at most this many held-out sequences (0: all)")
