@@ -48,7 +48,7 @@ SWEEP_OPTIONS = $(if $(STEPS),steps=$(STEPS)) $(if $(MOVQ_CKPT),movq_ckpt=$(MOVQ
 	--jobs $(JOBS)
 
 .DEFAULT_GOAL := help
-.PHONY: help install test lint data ablate-decoder bench-decoder bench-interpolation compare-temporal tiny-models bench-keyframes clean
+.PHONY: help install test lint data ablate-decoder bench-decoder bench-interpolation bench-generate compare-temporal tiny-models bench-keyframes clean
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_-]+:.*## / {printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -101,6 +101,9 @@ bench-decoder: install ## decode throughput and peak memory per decoder variant 
 
 bench-interpolation: install ## FusionFrames vs masked-frame vs optical-flow interpolation: speed / FLOP ratio and quality (32 min; about 42 min when it first trains the MoVQ and T2I base)
 	$(PY) benchmarks/interpolation_speed.py
+
+bench-generate: tiny-models ## does `ff generate` with the tiny models show the prompt's object? per-frame caption check of every held-out prompt
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(PY) benchmarks/generate_quality.py
 
 clean: ## remove caches and run outputs (keeps .venv)
 	rm -rf .cache runs .pytest_cache

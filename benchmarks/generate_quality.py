@@ -1,0 +1,228 @@
+"""Is the prompt's object visible in what ``ff generate`` writes with the tiny models (``make tiny-models``)?
+
+Usage::
+
+    python benchmarks/generate_quality.py [--keyframes CKPT] [--interpolation CKPT] [--decoder CKPT]
+                                          [--prompts N] [--label NAME] [--out benchmarks/results/generate]
+
+Every held-out caption of the bundled captioned shapes (test split) goes through the same code as ``ff generate``
+(:func:`ff_lightning.pipeline.load_stages` + :func:`~ff_lightning.pipeline.generate_video`, seed = prompt index,
+the models' own sampler settings), keyframes -> one interpolation pass -> video decoder. A held-out single-frame
+attribute classifier (:func:`~ff_lightning.evaluation.shapes_classifier.ensure_attribute_classifier` with one frame:
+trained on random frames of the train clips, never on generated frames) then reads every output frame and says
+whether it finds the caption's colour and shape. Reported per frame kind (keyframes / interpolated frames / all),
+as the mean over prompts of the per-prompt hit rate, with a 95% percentile bootstrap interval over prompts, next to
+the same classifier on the real test clips' frames (the ceiling) and chance (1/7 colour, 1/3 shape).
+
+Without checkpoints the tiny ones (``$FF_CACHE_DIR/models/tiny_pipeline``) are used; a missing one names the make
+target that trains it. Writes ``PREFIX.md``, ``PREFIX.csv`` (one line per frame kind) and ``PREFIX.png`` (real and
+generated frames of the first prompts, keyframes marked).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import command_line, cpu_name, output_paths, timestamp, write_csv  # noqa: E402
+
+from ff_lightning.io import atomic_write_text  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = {"source": "bundled_shapes", "size": [32, 32]}
+KINDS = ("keyframes", "interpolated", "all")
+CHANCE = {"colour": 1 / 7, "shape": 1 / 3}
+
+
+def bootstrap(values: np.ndarray, n_boot: int = 2000, seed: int = 0) -> tuple[float, float, float]:
+    """Mean of ``values`` (one per prompt) and its 95% percentile bootstrap interval over prompts."""
+    rng = np.random.default_rng(seed)
+    means = values[rng.integers(0, len(values), (n_boot, len(values)))].mean(1)
+    return float(values.mean()), float(np.quantile(means, 0.025)), float(np.quantile(means, 0.975))
+
+
+def sha256_12(path: str | None) -> str:
+    if not path:
+        return "-"
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()[:12]
+
+
+def test_clips(frames: int) -> tuple[list[str], torch.Tensor]:
+    """Captions and the first ``frames`` frames ``(N, frames, 3, 32, 32)`` in [-1, 1] of the held-out clips."""
+    from ff_lightning.data import DataConfig, build_dataset
+
+    cfg = DataConfig(source="bundled_shapes", size=[32, 32], num_frames=max(frames, 16), stride=1, random_crop=False,
+                     random_start=False, eval_start="first")  # fmt: skip
+    ds = build_dataset(cfg, "test")
+    items = [ds[i] for i in range(len(ds))]
+    return [s["caption"] for s in items], torch.stack([s["video"][:frames] for s in items])
+
+
+def frame_hits(model: Any, frames: torch.Tensor, caption: str) -> dict[str, np.ndarray]:
+    """Per frame of ``frames`` ``(T, 3, H, W)``: does the one-frame classifier find the caption's colour / shape."""
+    from ff_lightning.evaluation.shapes_classifier import attribute_hits
+
+    if frames.shape[-2:] != (32, 32):
+        frames = torch.nn.functional.interpolate(frames, size=(32, 32), mode="bilinear", antialias=True)
+    hits = attribute_hits(model, frames[:, None], [caption] * len(frames))
+    out = {k: hits[k].numpy() for k in CHANCE}
+    out["both"] = out["colour"] * out["shape"]
+    return out
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--keyframes", help="keyframes checkpoint (default: the tiny cached one)")
+    p.add_argument("--interpolation", help="interpolation checkpoint (default: the tiny cached one)")
+    p.add_argument("--decoder", help="video-decoder checkpoint (default: the tiny cached one)")
+    p.add_argument("--prompts", type=int, default=0, help="first N held-out captions (default 0: all)")
+    p.add_argument("--label", default="", help="names this run in the table (e.g. the interpolation recipe)")
+    p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "generate"), help="output prefix")
+    return p.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Path]:
+    args = parse_args(argv)
+    torch.set_num_threads(1)
+    from ff_lightning.evaluation.shapes_classifier import ensure_attribute_classifier
+    from ff_lightning.pipeline import GenerateOptions, generate_video, load_stages
+    from ff_lightning.tiny_models import TARGETS, find_tiny_checkpoints, tiny_dir
+
+    t_start = time.perf_counter()
+    given = {"keyframes": args.keyframes, "interpolation": args.interpolation, "decoder": args.decoder}
+    tiny = find_tiny_checkpoints() if None in given.values() else {}
+    ckpts: dict[str, str] = {}
+    for stage, path in given.items():
+        path = path or (str(tiny[stage]) if tiny.get(stage) else None)
+        if path is None:
+            raise SystemExit(f"no {stage} checkpoint: pass --{stage} CKPT or run `{TARGETS[stage]}` first")
+        ckpts[stage] = path
+    stages = load_stages(ckpts["keyframes"], ckpts["interpolation"], ckpts["decoder"])
+    classifier = ensure_attribute_classifier(DATA, frames=1, stride=1)
+
+    captions, real_all = test_clips(16)
+    if args.prompts > 0:
+        captions = captions[: args.prompts]
+    per_prompt: dict[str, dict[str, list[float]]] = {k: {a: [] for a in (*CHANCE, "both")} for k in KINDS}
+    real_rate: dict[str, list[float]] = {a: [] for a in (*CHANCE, "both")}
+    shown: list[tuple[str, torch.Tensor, torch.Tensor, np.ndarray]] = []
+    frames_per_video = 0
+    for i, caption in enumerate(captions):
+        result = generate_video(stages, caption, GenerateOptions(seed=i, progress=False))
+        frames = result.frames  # (T, 3, H, W) in [-1, 1]
+        t = frames.shape[0]
+        frames_per_video = t
+        step = (t - 1) // max(1, result.num_keyframes - 1)
+        is_key = np.zeros(t, bool)
+        is_key[::step] = True
+        hits = frame_hits(classifier, frames, caption)
+        for attr, h in hits.items():
+            per_prompt["keyframes"][attr].append(float(h[is_key].mean()))
+            if (~is_key).any():
+                per_prompt["interpolated"][attr].append(float(h[~is_key].mean()))
+            per_prompt["all"][attr].append(float(h.mean()))
+        real_hits = frame_hits(classifier, real_all[i][:t], caption)
+        for attr, h in real_hits.items():
+            real_rate[attr].append(float(h.mean()))
+        if len(shown) < 4:
+            shown.append((caption, real_all[i][:t], frames, is_key))
+        print(f"[{i + 1}/{len(captions)}] {caption}: colour {hits['colour'].mean():.2f} shape {hits['shape'].mean():.2f}"
+              f" ({time.perf_counter() - t_start:.0f} s)", flush=True)  # fmt: skip
+
+    rows: list[dict[str, Any]] = []
+    for kind in (*KINDS, "real"):
+        rates = real_rate if kind == "real" else per_prompt[kind]
+        if not rates["colour"]:
+            continue
+        row: dict[str, Any] = {"label": args.label, "frames": "real held-out clip (ceiling)" if kind == "real" else kind,
+                               "prompts": len(rates["colour"])}  # fmt: skip
+        for attr in (*CHANCE, "both"):
+            m, lo, hi = bootstrap(np.asarray(rates[attr]))
+            row.update({f"{attr}_acc": m, f"{attr}_lo": lo, f"{attr}_hi": hi})
+        rows.append(row)
+
+    paths = output_paths(args.out)
+    paths["md"].parent.mkdir(parents=True, exist_ok=True)
+    columns = ["label", "frames", "prompts"] + [f"{a}_{s}" for a in (*CHANCE, "both") for s in ("acc", "lo", "hi")]
+    write_csv(
+        paths["csv"], columns, rows, lambda v: "" if v is None else (f"{v:.4f}" if isinstance(v, float) else str(v))
+    )
+    weights = "\n".join(f"- {s}: `{p}` (sha256 {sha256_12(p)})" for s, p in ckpts.items())
+    manifest = tiny_dir() / "manifest.json"
+    note = f"- tiny-model manifest: `{manifest}`\n" if manifest.is_file() else ""
+    table = ["| frames | prompts | colour found | shape found | colour and shape found |", "|---|---:|---|---|---|"]
+    for r in rows:
+        cells = [f"{r[f'{a}_acc']:.3f} [{r[f'{a}_lo']:.3f}, {r[f'{a}_hi']:.3f}]" for a in (*CHANCE, "both")]
+        table.append(f"| {r['frames']} | {r['prompts']} | " + " | ".join(cells) + " |")
+    md = f"""# Is the prompt's object visible in `ff generate`'s output?
+
+Command: `{command_line("benchmarks/generate_quality.py", argv)}`{f" (label: {args.label})" if args.label else ""}
+Device {cpu_name()}, torch {torch.__version__}, {timestamp()}, total runtime {time.perf_counter() - t_start:.0f} s.
+
+Data: the held-out (test split) captions of the bundled captioned shapes, 32x32 px; seed = prompt index; every
+output video has {frames_per_video} frames (keyframes -> one interpolation pass -> video decoder, the models' own
+sampler settings: what `ff generate PROMPT` writes). Weights:
+{weights}
+{note}
+A single-frame attribute classifier (trained once on random frames of the train clips, cached under
+`$FF_CACHE_DIR/models/shapes_attributes-*`) reads every frame; a cell is the mean over prompts of the fraction of
+that prompt's frames in which it finds the caption's colour / shape / both, with a 95% percentile bootstrap interval
+over prompts. Chance: colour {CHANCE["colour"]:.3f}, shape {CHANCE["shape"]:.3f}. The last row is the same
+classifier on the first {frames_per_video} frames of the real held-out clip each caption describes.
+
+{chr(10).join(table)}
+
+Samples (first prompts; top row real, bottom row generated, keyframes framed in white): [{paths["png"].name}]({paths["png"].name})
+
+![samples]({paths["png"].name})
+"""
+    atomic_write_text(paths["md"], md)
+    write_grid(paths["png"], shown)
+    print(md)
+    return paths
+
+
+def write_grid(path: Path, shown: list[tuple[str, torch.Tensor, torch.Tensor, np.ndarray]]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from ff_lightning.io import atomic_open
+
+    if not shown:
+        return
+    t = shown[0][2].shape[0]
+    fig, axes = plt.subplots(2 * len(shown), t, figsize=(t * 0.9, 2 * len(shown) * 0.95), squeeze=False)
+    for r, (caption, real, gen, is_key) in enumerate(shown):
+        for row, video in ((2 * r, real), (2 * r + 1, gen)):
+            for j in range(t):
+                ax = axes[row, j]
+                ax.axis("off")
+                if j < video.shape[0]:
+                    ax.imshow(((video[j].permute(1, 2, 0).numpy() + 1) / 2).clip(0, 1))
+                if row == 2 * r + 1 and is_key[j]:
+                    ax.add_patch(plt.Rectangle((-0.5, -0.5), 32, 32, fill=False, edgecolor="white", linewidth=2))
+        axes[2 * r, 0].set_title(f"real: {caption}", loc="left", fontsize=7)
+        axes[2 * r + 1, 0].set_title("ff generate (tiny models)", loc="left", fontsize=7)
+    fig.tight_layout(pad=0.2)
+    with atomic_open(path, "wb") as f:
+        fig.savefig(f, format="png", dpi=80)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    main()
