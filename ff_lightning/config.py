@@ -299,10 +299,13 @@ def compose(
     raw: DictConfig | dict[str, Any] | None = None, overrides: Sequence[str] = (), *, source: str = "<config>"
 ) -> DictConfig:
     """Merge ``raw`` and dotlist ``overrides`` over the schema, validate everything and return a typed config.
+    ``raw`` may itself be a config this function returned (overrides applied over it, validated again).
 
     Raises :class:`ConfigError` listing every problem at once (unknown keys with valid keys, wrong types, unknown
     names, out-of-range values), one per line.
     """
+    if isinstance(raw, DictConfig):  # also a typed config (struct mode) that compose returned: plain again
+        raw = OmegaConf.to_container(raw, resolve=False, enum_to_str=True)  # type: ignore[assignment]
     user = OmegaConf.create(raw or {})
     try:
         over = OmegaConf.from_dotlist(list(overrides))

@@ -79,3 +79,17 @@ def test_saved_config_round_trips(tmp_path: Path) -> None:
     again = compose(OmegaConf.load(path))
     assert OmegaConf.to_container(again) == OmegaConf.to_container(cfg)
     assert not list(path.parent.glob(".*.tmp"))  # atomic write leaves no temp files
+
+
+def test_compose_over_a_composed_config() -> None:
+    """`make tiny-models` on a fresh machine re-composes a sweep row's typed config with run overrides (it crashed
+    with "DictConfig in struct mode does not support pop" before the fix)."""
+    keyframes = ROOT / "experiments" / "keyframes" / "base.yaml"
+    for path, items in ((BASE, ["model.variant=resblock_attn"]), (keyframes, ["module.guidance_weight=2.5"])):
+        cfg = load_config(path, items)
+        again = compose(cfg, ["run.name=again", "trainer.max_steps=5"])
+        assert again.run.name == "again" and again.trainer.max_steps == 5
+        assert OmegaConf.to_container(cfg) == OmegaConf.to_container(compose(cfg))  # nothing else changes
+        assert OmegaConf.to_container(again.module) == OmegaConf.to_container(cfg.module)
+        with pytest.raises(ConfigError, match="no_such_key"):
+            compose(cfg, ["module.no_such_key=1"])
