@@ -102,8 +102,11 @@ bench-decoder: install ## decode throughput and peak memory per decoder variant 
 bench-interpolation: install ## FusionFrames vs masked-frame vs optical-flow interpolation: speed / FLOP ratio and quality (32 min; about 42 min when it first trains the MoVQ and T2I base)
 	$(PY) benchmarks/interpolation_speed.py
 
-bench-generate: tiny-models ## does `ff generate` with the tiny models show the prompt's object? per-frame caption check of every held-out prompt
-	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(PY) benchmarks/generate_quality.py
+bench-generate: tiny-models ## does `ff generate` with the tiny models show the prompt's object? per-frame caption check of every held-out prompt (default vs paper-objective interpolation)
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(PY) -m ff_lightning.tiny_models --paper-interpolation
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(PY) benchmarks/generate_quality.py --label "tiny models (interpolation: blend residual, 1500 steps)"
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(PY) benchmarks/generate_quality.py --label "interpolation: paper objective, 300 steps" \
+		--interpolation $(FF_CACHE_DIR)/models/tiny_pipeline/interpolation_paper.ckpt --out benchmarks/results/generate_paper_interpolation
 
 clean: ## remove caches and run outputs (keeps .venv)
 	rm -rf .cache runs .pytest_cache

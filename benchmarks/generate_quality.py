@@ -11,7 +11,7 @@ the models' own sampler settings), keyframes -> one interpolation pass -> video 
 attribute classifier (:func:`~ff_lightning.evaluation.shapes_classifier.ensure_attribute_classifier` with one frame:
 trained on random frames of the train clips, never on generated frames) then reads every output frame and says
 whether it finds the caption's colour and shape. Reported per frame kind (keyframes / interpolated frames / all),
-as the mean over prompts of the per-prompt hit rate, with a 95% percentile bootstrap interval over prompts, next to
+as the mean over prompts of the per-prompt hit rate, with a 95% bootstrap interval over prompts, next to
 the same classifier on the real test clips' frames (the ceiling) and chance (1/7 colour, 1/3 shape).
 
 Without checkpoints the tiny ones (``$FF_CACHE_DIR/models/tiny_pipeline``) are used; a missing one names the make
@@ -41,13 +41,26 @@ ROOT = Path(__file__).resolve().parents[1]
 DATA = {"source": "bundled_shapes", "size": [32, 32]}
 KINDS = ("keyframes", "interpolated", "all")
 CHANCE = {"colour": 1 / 7, "shape": 1 / 3}
+ATTRS = (*CHANCE, "both", "change")
 
 
-def bootstrap(values: np.ndarray, n_boot: int = 2000, seed: int = 0) -> tuple[float, float, float]:
-    """Mean of ``values`` (one per prompt) and its 95% percentile bootstrap interval over prompts."""
-    rng = np.random.default_rng(seed)
-    means = values[rng.integers(0, len(values), (n_boot, len(values)))].mean(1)
-    return float(values.mean()), float(np.quantile(means, 0.025)), float(np.quantile(means, 0.975))
+def bootstrap(values: np.ndarray) -> tuple[float, float, float]:
+    """Mean of ``values`` (one per prompt) and its 95% interval over prompts: the project's studentized bootstrap
+    (:func:`ff_lightning.metrics.bootstrap.bootstrap_ci`); the Wilson interval when every value is 0 or 1 (all
+    prompts' frames alike), which does not collapse to a point when every prompt scores 1."""
+    from ff_lightning.metrics.bootstrap import bootstrap_ci
+
+    binary = bool(np.all((values == 0) | (values == 1)))
+    ci = bootstrap_ci(values, n_boot=2000, seed=0, proportion=binary)
+    return float(ci.mean), float(ci.low), float(ci.high)
+
+
+def shown_path(path: str) -> str:
+    """``path`` with the cache folder written as ``$FF_CACHE_DIR`` (the tables are read on other machines)."""
+    from ff_lightning.paths import cache_dir
+
+    root = str(cache_dir())
+    return "$FF_CACHE_DIR" + path[len(root) :] if path.startswith(root + "/") else path
 
 
 def sha256_12(path: str | None) -> str:
@@ -72,7 +85,9 @@ def test_clips(frames: int) -> tuple[list[str], torch.Tensor]:
 
 
 def frame_hits(model: Any, frames: torch.Tensor, caption: str) -> dict[str, np.ndarray]:
-    """Per frame of ``frames`` ``(T, 3, H, W)``: does the one-frame classifier find the caption's colour / shape."""
+    """Per frame of ``frames`` ``(T, 3, H, W)``: does the one-frame classifier find the caption's colour / shape
+    (``colour``, ``shape``, ``both``: 0 / 1), and ``change``: the mean absolute difference to the previous frame on
+    [0, 1] pixel values (NaN for the first frame)."""
     from ff_lightning.evaluation.shapes_classifier import attribute_hits
 
     if frames.shape[-2:] != (32, 32):
@@ -80,6 +95,8 @@ def frame_hits(model: Any, frames: torch.Tensor, caption: str) -> dict[str, np.n
     hits = attribute_hits(model, frames[:, None], [caption] * len(frames))
     out = {k: hits[k].numpy() for k in CHANCE}
     out["both"] = out["colour"] * out["shape"]
+    change = (frames[1:] - frames[:-1]).abs().mean(dim=(1, 2, 3)).numpy() / 2  # on [0, 1] pixel values
+    out["change"] = np.concatenate([[np.nan], change])  # frame j: its mean |difference| to frame j - 1
     return out
 
 
@@ -116,8 +133,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Path]:
     captions, real_all = test_clips(16)
     if args.prompts > 0:
         captions = captions[: args.prompts]
-    per_prompt: dict[str, dict[str, list[float]]] = {k: {a: [] for a in (*CHANCE, "both")} for k in KINDS}
-    real_rate: dict[str, list[float]] = {a: [] for a in (*CHANCE, "both")}
+    per_prompt: dict[str, dict[str, list[float]]] = {k: {a: [] for a in ATTRS} for k in KINDS}
+    real_rate: dict[str, list[float]] = {a: [] for a in ATTRS}
     shown: list[tuple[str, torch.Tensor, torch.Tensor, np.ndarray]] = []
     frames_per_video = 0
     for i, caption in enumerate(captions):
@@ -130,13 +147,13 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Path]:
         is_key[::step] = True
         hits = frame_hits(classifier, frames, caption)
         for attr, h in hits.items():
-            per_prompt["keyframes"][attr].append(float(h[is_key].mean()))
+            per_prompt["keyframes"][attr].append(float(np.nanmean(h[is_key])))
             if (~is_key).any():
-                per_prompt["interpolated"][attr].append(float(h[~is_key].mean()))
-            per_prompt["all"][attr].append(float(h.mean()))
+                per_prompt["interpolated"][attr].append(float(np.nanmean(h[~is_key])))
+            per_prompt["all"][attr].append(float(np.nanmean(h)))
         real_hits = frame_hits(classifier, real_all[i][:t], caption)
         for attr, h in real_hits.items():
-            real_rate[attr].append(float(h.mean()))
+            real_rate[attr].append(float(np.nanmean(h)))
         if len(shown) < 4:
             shown.append((caption, real_all[i][:t], frames, is_key))
         print(f"[{i + 1}/{len(captions)}] {caption}: colour {hits['colour'].mean():.2f} shape {hits['shape'].mean():.2f}"
@@ -149,27 +166,32 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Path]:
             continue
         row: dict[str, Any] = {"label": args.label, "frames": "real held-out clip (ceiling)" if kind == "real" else kind,
                                "prompts": len(rates["colour"])}  # fmt: skip
-        for attr in (*CHANCE, "both"):
-            m, lo, hi = bootstrap(np.asarray(rates[attr]))
+        for attr in ATTRS:
+            values = np.asarray(rates[attr])
+            if np.isnan(values).all():
+                continue
+            m, lo, hi = bootstrap(values)
             row.update({f"{attr}_acc": m, f"{attr}_lo": lo, f"{attr}_hi": hi})
         rows.append(row)
 
     paths = output_paths(args.out)
     paths["md"].parent.mkdir(parents=True, exist_ok=True)
-    columns = ["label", "frames", "prompts"] + [f"{a}_{s}" for a in (*CHANCE, "both") for s in ("acc", "lo", "hi")]
+    columns = ["label", "frames", "prompts"] + [f"{a}_{s}" for a in ATTRS for s in ("acc", "lo", "hi")]
     write_csv(
         paths["csv"], columns, rows, lambda v: "" if v is None else (f"{v:.4f}" if isinstance(v, float) else str(v))
     )
-    weights = "\n".join(f"- {s}: `{p}` (sha256 {sha256_12(p)})" for s, p in ckpts.items())
+    weights = "\n".join(f"- {s}: `{shown_path(p)}` (sha256 {sha256_12(p)})" for s, p in ckpts.items())
     manifest = tiny_dir() / "manifest.json"
-    note = f"- tiny-model manifest: `{manifest}`\n" if manifest.is_file() else ""
-    table = ["| frames | prompts | colour found | shape found | colour and shape found |", "|---|---:|---|---|---|"]
+    note = f"- tiny-model manifest: `{shown_path(str(manifest))}`\n" if manifest.is_file() else ""
+    table = ["| frames | prompts | colour found | shape found | colour and shape found | change from the previous "
+             "frame |", "|---|---:|---|---|---|---|"]  # fmt: skip
     for r in rows:
-        cells = [f"{r[f'{a}_acc']:.3f} [{r[f'{a}_lo']:.3f}, {r[f'{a}_hi']:.3f}]" for a in (*CHANCE, "both")]
+        cells = [f"{r[f'{a}_acc']:.3f} [{r[f'{a}_lo']:.3f}, {r[f'{a}_hi']:.3f}]" if f"{a}_acc" in r else "-"
+                 for a in ATTRS]  # fmt: skip
         table.append(f"| {r['frames']} | {r['prompts']} | " + " | ".join(cells) + " |")
     md = f"""# Is the prompt's object visible in `ff generate`'s output?
 
-Command: `{command_line("benchmarks/generate_quality.py", argv)}`{f" (label: {args.label})" if args.label else ""}
+Command: `{command_line("benchmarks/generate_quality.py", argv)}`
 Device {cpu_name()}, torch {torch.__version__}, {timestamp()}, total runtime {time.perf_counter() - t_start:.0f} s.
 
 Data: the held-out (test split) captions of the bundled captioned shapes, 32x32 px; seed = prompt index; every
@@ -179,13 +201,15 @@ sampler settings: what `ff generate PROMPT` writes). Weights:
 {note}
 A single-frame attribute classifier (trained once on random frames of the train clips, cached under
 `$FF_CACHE_DIR/models/shapes_attributes-*`) reads every frame; a cell is the mean over prompts of the fraction of
-that prompt's frames in which it finds the caption's colour / shape / both, with a 95% percentile bootstrap interval
-over prompts. Chance: colour {CHANCE["colour"]:.3f}, shape {CHANCE["shape"]:.3f}. The last row is the same
-classifier on the first {frames_per_video} frames of the real held-out clip each caption describes.
+that prompt's frames in which it finds the caption's colour / shape / both, with a 95% interval over prompts
+(studentized bootstrap; Wilson when every prompt scores 0 or 1). Chance: colour {CHANCE["colour"]:.3f}, shape {CHANCE["shape"]:.3f}. The last row is the same
+classifier on the first {frames_per_video} frames of the real held-out clip each caption describes. *Change from the
+previous frame*: mean absolute difference of each frame to the one before it on [0, 1] pixel values (frames of that
+kind, from the second frame on; the real clips move slowly, so much more than theirs is flicker or noise).
 
 {chr(10).join(table)}
 
-Samples (first prompts; top row real, bottom row generated, keyframes framed in white): [{paths["png"].name}]({paths["png"].name})
+Samples (first prompts; top row real, bottom row generated, keyframes framed in red): [{paths["png"].name}]({paths["png"].name})
 
 ![samples]({paths["png"].name})
 """
@@ -215,7 +239,9 @@ def write_grid(path: Path, shown: list[tuple[str, torch.Tensor, torch.Tensor, np
                 if j < video.shape[0]:
                     ax.imshow(((video[j].permute(1, 2, 0).numpy() + 1) / 2).clip(0, 1))
                 if row == 2 * r + 1 and is_key[j]:
-                    ax.add_patch(plt.Rectangle((-0.5, -0.5), 32, 32, fill=False, edgecolor="white", linewidth=2))
+                    ax.add_patch(
+                        plt.Rectangle((-0.5, -0.5), 32, 32, fill=False, edgecolor="red", linewidth=2, clip_on=False)
+                    )
         axes[2 * r, 0].set_title(f"real: {caption}", loc="left", fontsize=7)
         axes[2 * r + 1, 0].set_title("ff generate (tiny models)", loc="left", fontsize=7)
     fig.tight_layout(pad=0.2)
