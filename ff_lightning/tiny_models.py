@@ -45,7 +45,7 @@ TARGETS = {"keyframes": "make tiny-models", "interpolation": "make tiny-models",
 
 #: interpolation on 9-frame shape clips (K = 3), s = 1 (the 16-frame clips fit no larger s), from the t2i base, plus
 #: module.latent_scale = 1 / std of the MoVQ latents (:func:`latent_scale_of`), with the paper's objective (the UNet
-#: diffuses the middle latents themselves, 10 DDIM steps): the release-faithful recipe, kept by name. 300 steps:
+#: diffuses the middle latents themselves, 20 DDIM steps): the release-faithful recipe, kept by name. 300 steps:
 #: its videos flicker (mean frame-to-frame change 0.064 on [0, 1] against 0.013 for the real clips,
 #: benchmarks/results/generate.md)
 INTERPOLATION_RECIPE_PAPER = [

@@ -213,3 +213,28 @@ def test_cli_video_keeps_the_channel_order_of_the_generated_frames(live_ckpts: d
     got = video.reshape(-1, 3).mean(axis=0)
     assert np.abs(want[0] - want[2]) > 4  # the test can tell red from blue
     assert np.abs(got - want).max() < 2.5, (got, want)
+
+
+def test_tiny_interpolation_recipes_train_and_generate(ckpts: dict[str, Path], stages: Stages, tmp_path: Path) -> None:
+    """`make tiny-models`' interpolation recipe (blend residual) and the paper's, each trained 2 steps over the test
+    MoVQ through the same `fit` path: the default stores the blend-residual objective with one sampler step, the
+    paper's the plain one with 20; both load as `ff generate` stages and keep the keyframes."""
+    from ff_lightning.config import load_config
+    from ff_lightning.pipeline import load_stage
+    from ff_lightning.tiny_models import EXPERIMENTS, INTERPOLATION_RECIPE, INTERPOLATION_RECIPE_PAPER, _fit_last
+
+    for name, recipe, blend, steps in (("default", INTERPOLATION_RECIPE, True, 1),
+                                       ("paper", INTERPOLATION_RECIPE_PAPER, False, 20)):  # fmt: skip
+        items = [*(i for i in recipe if not i.startswith("trainer.max_steps=")), "trainer.max_steps=2",
+                 "module.allow_random_t2i=true", f"module.movq_ckpt={ckpts['movq']}", "module.latent_scale=3.0",
+                 "data.batch_size=1", f"run.output_dir={tmp_path}", f"run.name={name}"]  # fmt: skip
+        cfg = load_config(EXPERIMENTS / "interpolation" / "base.yaml", items)
+        assert cfg.module.blend_residual is blend and cfg.trainer.max_steps == 2
+        ip = load_stage("interpolation", _fit_last(cfg))
+        assert ip.m.blend_residual is blend and ip.m.sample_steps == steps
+        live = Stages(stages.keyframes, ip, stages.decoder)
+        out = generate_video(live, "a red circle moving left", GenerateOptions(steps=2, progress=False))
+        keys = generate_video(live, "a red circle moving left", GenerateOptions(steps=2, passes=0, progress=False))
+        assert out.frames.shape[0] == 13  # keyframes kept (up to the rounding of x * scale / scale)
+        torch.testing.assert_close(out.latents[::4], keys.latents, rtol=1e-6, atol=1e-7)
+        assert not torch.allclose(out.latents[1:4], keys.latents[:1].expand(3, -1, -1, -1))  # middle frames differ
