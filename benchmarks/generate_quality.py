@@ -42,6 +42,7 @@ DATA = {"source": "bundled_shapes", "size": [32, 32]}
 KINDS = ("keyframes", "interpolated", "all")
 CHANCE = {"colour": 1 / 7, "shape": 1 / 3}
 ATTRS = (*CHANCE, "both", "change")
+CLIP_ATTRS = ("colour", "shape", "motion")  # the clip classifier's attributes (motion chance 1/4)
 
 
 def bootstrap(values: np.ndarray) -> tuple[float, float, float]:
@@ -84,14 +85,20 @@ def test_clips(frames: int) -> tuple[list[str], torch.Tensor]:
     return [s["caption"] for s in items], torch.stack([s["video"][:frames] for s in items])
 
 
+def _to32(frames: torch.Tensor) -> torch.Tensor:
+    """Frames ``(T, 3, H, W)`` at the classifiers' 32x32 (unchanged when already that size)."""
+    if frames.shape[-2:] != (32, 32):
+        frames = torch.nn.functional.interpolate(frames, size=(32, 32), mode="bilinear", antialias=True)
+    return frames
+
+
 def frame_hits(model: Any, frames: torch.Tensor, caption: str) -> dict[str, np.ndarray]:
     """Per frame of ``frames`` ``(T, 3, H, W)``: does the one-frame classifier find the caption's colour / shape
     (``colour``, ``shape``, ``both``: 0 / 1), and ``change``: the mean absolute difference to the previous frame on
     [0, 1] pixel values (NaN for the first frame)."""
     from ff_lightning.evaluation.shapes_classifier import attribute_hits
 
-    if frames.shape[-2:] != (32, 32):
-        frames = torch.nn.functional.interpolate(frames, size=(32, 32), mode="bilinear", antialias=True)
+    frames = _to32(frames)
     hits = attribute_hits(model, frames[:, None], [caption] * len(frames))
     out = {k: hits[k].numpy() for k in CHANCE}
     out["both"] = out["colour"] * out["shape"]
@@ -114,7 +121,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> dict[str, Path]:
     args = parse_args(argv)
     torch.set_num_threads(1)
-    from ff_lightning.evaluation.shapes_classifier import ensure_attribute_classifier
+    from ff_lightning.evaluation.shapes_classifier import attribute_hits, ensure_attribute_classifier
     from ff_lightning.pipeline import GenerateOptions, generate_video, load_stages
     from ff_lightning.tiny_models import TARGETS, find_tiny_checkpoints, tiny_dir
 
@@ -129,12 +136,18 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Path]:
         ckpts[stage] = path
     stages = load_stages(ckpts["keyframes"], ckpts["interpolation"], ckpts["decoder"])
     classifier = ensure_attribute_classifier(DATA, frames=1, stride=1)
+    kf = stages.keyframes
+    step = getattr(kf, "default_frame_step", None) or kf.m.sample_frame_step or kf.cfg.data.stride  # plain / system
+    k_frames, k_stride = int(kf.num_frames), max(1, round(float(step)))
+    clip_classifier = ensure_attribute_classifier(DATA, frames=k_frames, stride=k_stride)  # make compare-temporal's
 
-    captions, real_all = test_clips(16)
+    captions, real_all = test_clips(max(16, (k_frames - 1) * k_stride + 1))
+    clip_hits = {name: {a: [] for a in CLIP_ATTRS} for name in ("generated", "real", "movq")}
     if args.prompts > 0:
         captions = captions[: args.prompts]
     per_prompt: dict[str, dict[str, list[float]]] = {k: {a: [] for a in ATTRS} for k in KINDS}
     real_rate: dict[str, list[float]] = {a: [] for a in ATTRS}
+    movq_rate: dict[str, list[float]] = {a: [] for a in ATTRS}
     shown: list[tuple[str, torch.Tensor, torch.Tensor, np.ndarray]] = []
     frames_per_video = 0
     for i, caption in enumerate(captions):
@@ -152,6 +165,19 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Path]:
                 per_prompt["interpolated"][attr].append(float(np.nanmean(h[~is_key])))
             per_prompt["all"][attr].append(float(np.nanmean(h)))
         real_hits = frame_hits(classifier, real_all[i][:t], caption)
+        with torch.no_grad():  # what the latent space can show: the real frames through the image MoVQ
+            recon = kf.movq.decode(kf.movq.encode(real_all[i][:t]), num_frames=1).float().clamp(-1, 1)
+        for attr, h in frame_hits(classifier, recon, caption).items():
+            movq_rate[attr].append(float(np.nanmean(h)))
+        for name, clip in (
+            ("generated", frames[is_key]),
+            ("real", real_all[i][: (k_frames - 1) * k_stride + 1 : k_stride]),
+            ("movq", recon[: (k_frames - 1) * k_stride + 1 : k_stride]),
+        ):
+            if clip.shape[0] == k_frames:
+                got = attribute_hits(clip_classifier, _to32(clip)[None], [caption])
+                for attr in CLIP_ATTRS:
+                    clip_hits[name][attr].append(float(got[attr][0]))
         for attr, h in real_hits.items():
             real_rate[attr].append(float(np.nanmean(h)))
         if len(shown) < 4:
@@ -160,12 +186,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Path]:
               f" ({time.perf_counter() - t_start:.0f} s)", flush=True)  # fmt: skip
 
     rows: list[dict[str, Any]] = []
-    for kind in (*KINDS, "real"):
-        rates = real_rate if kind == "real" else per_prompt[kind]
+    named = {"real": "real held-out clip (ceiling)", "movq": "real clip through the image MoVQ (latent-space ceiling)"}
+    for kind in (*KINDS, "real", "movq"):
+        rates = {"real": real_rate, "movq": movq_rate}.get(kind) or per_prompt[kind]
         if not rates["colour"]:
             continue
-        row: dict[str, Any] = {"label": args.label, "frames": "real held-out clip (ceiling)" if kind == "real" else kind,
-                               "prompts": len(rates["colour"])}  # fmt: skip
+        row: dict[str, Any] = {"label": args.label, "frames": named.get(kind, kind), "prompts": len(rates["colour"])}
         for attr in ATTRS:
             values = np.asarray(rates[attr])
             if np.isnan(values).all():
@@ -174,11 +200,26 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Path]:
             row.update({f"{attr}_acc": m, f"{attr}_lo": lo, f"{attr}_hi": hi})
         rows.append(row)
 
+    clip_rows: list[dict[str, Any]] = []
+    for name, what in (("generated", f"keyframes as one clip ({k_frames} frames)"),
+                       ("real", f"real held-out clip, {k_frames} frames {k_stride} apart (ceiling)"),
+                       ("movq", "the same through the image MoVQ (latent-space ceiling)")):  # fmt: skip
+        if clip_hits[name]["colour"]:
+            row = {"label": args.label, "frames": what, "prompts": len(clip_hits[name]["colour"])}
+            for attr in CLIP_ATTRS:
+                m, lo, hi = bootstrap(np.asarray(clip_hits[name][attr]))
+                row.update({f"{attr}_acc": m, f"{attr}_lo": lo, f"{attr}_hi": hi})
+            clip_rows.append(row)
+
     paths = output_paths(args.out)
     paths["md"].parent.mkdir(parents=True, exist_ok=True)
-    columns = ["label", "frames", "prompts"] + [f"{a}_{s}" for a in ATTRS for s in ("acc", "lo", "hi")]
+    names = [*ATTRS, "motion"]
+    columns = ["label", "frames", "prompts"] + [f"{a}_{s}" for a in names for s in ("acc", "lo", "hi")]
     write_csv(
-        paths["csv"], columns, rows, lambda v: "" if v is None else (f"{v:.4f}" if isinstance(v, float) else str(v))
+        paths["csv"],
+        columns,
+        [*rows, *clip_rows],
+        lambda v: "" if v is None else (f"{v:.4f}" if isinstance(v, float) else str(v)),
     )
     weights = "\n".join(f"- {s}: `{shown_path(p)}` (sha256 {sha256_12(p)})" for s, p in ckpts.items())
     manifest = tiny_dir() / "manifest.json"
@@ -189,6 +230,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Path]:
         cells = [f"{r[f'{a}_acc']:.3f} [{r[f'{a}_lo']:.3f}, {r[f'{a}_hi']:.3f}]" if f"{a}_acc" in r else "-"
                  for a in ATTRS]  # fmt: skip
         table.append(f"| {r['frames']} | {r['prompts']} | " + " | ".join(cells) + " |")
+    clip_table = ["| clip | prompts | colour found | shape found | motion direction found |", "|---|---:|---|---|---|"]
+    for r in clip_rows:
+        cells = [f"{r[f'{a}_acc']:.3f} [{r[f'{a}_lo']:.3f}, {r[f'{a}_hi']:.3f}]" for a in CLIP_ATTRS]
+        clip_table.append(f"| {r['frames']} | {r['prompts']} | " + " | ".join(cells) + " |")
     md = f"""# Is the prompt's object visible in `ff generate`'s output?
 
 Command: `{command_line("benchmarks/generate_quality.py", argv)}`
@@ -202,12 +247,20 @@ sampler settings: what `ff generate PROMPT` writes). Weights:
 A single-frame attribute classifier (trained once on random frames of the train clips, cached under
 `$FF_CACHE_DIR/models/shapes_attributes-*`) reads every frame; a cell is the mean over prompts of the fraction of
 that prompt's frames in which it finds the caption's colour / shape / both, with a 95% interval over prompts
-(studentized bootstrap; Wilson when every prompt scores 0 or 1). Chance: colour {CHANCE["colour"]:.3f}, shape {CHANCE["shape"]:.3f}. The last row is the same
-classifier on the first {frames_per_video} frames of the real held-out clip each caption describes. *Change from the
+(studentized bootstrap; Wilson when every prompt scores 0 or 1). Chance: colour {CHANCE["colour"]:.3f}, shape {CHANCE["shape"]:.3f}. The last two rows are the same
+classifier on the first {frames_per_video} frames of the real held-out clip each caption describes, then on those
+frames encoded and decoded by the stages' image MoVQ (what its latent space can show at best). *Change from the
 previous frame*: mean absolute difference of each frame to the one before it on [0, 1] pixel values (frames of that
 kind, from the second frame on; the real clips move slowly, so much more than theirs is flicker or noise).
 
 {chr(10).join(table)}
+
+The keyframes alone, as the clip `make compare-temporal` scores: its clip attribute classifier ({k_frames} frames
+{k_stride} source frames apart, the same cached classifier) on the {k_frames} generated keyframes (after the video
+decoder) and on the real clip; each prompt scores 0 or 1, Wilson intervals. Chance: colour 0.143, shape 0.333,
+motion direction 0.250.
+
+{chr(10).join(clip_table)}
 
 Samples (first prompts; top row real, bottom row generated, keyframes framed in red): [{paths["png"].name}]({paths["png"].name})
 
