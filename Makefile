@@ -99,7 +99,7 @@ bench-keyframes: install ## keyframe-UNet training step time / memory per tempor
 bench-decoder: install ## decode throughput and peak memory per decoder variant and vs video length
 	$(PY) benchmarks/decoder_speed.py
 
-bench-interpolation: install ## FusionFrames vs masked-frame vs optical-flow interpolation: speed / FLOP ratio and quality (32 min; about 42 min when it first trains the MoVQ and T2I base)
+bench-interpolation: install ## FusionFrames vs masked-frame vs optical-flow interpolation: speed / FLOP ratio and quality (32 min; about 20 min more when it first trains the MoVQ and the 4000-step T2I base)
 	$(PY) benchmarks/interpolation_speed.py
 
 bench-generate: tiny-models ## does `ff generate` with the tiny models show the prompt's object? per-frame caption check of every held-out prompt (default vs paper-objective interpolation)
