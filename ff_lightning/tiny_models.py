@@ -56,7 +56,7 @@ INTERPOLATION_RECIPE_PAPER = [
 ]  # fmt: skip
 #: the default: the same data, with the objective of experiments/interpolation/blend_residual.yaml (the UNet diffuses
 #: 3x the difference to the linear blend of the keyframe latents, training timesteps shifted towards high noise,
-#: one DDIM step), 1500 steps (~7 min on one CPU thread): frame-to-frame change 0.013, as the real clips
+#: one DDIM step), 1500 steps (~7 min on one CPU thread): frame-to-frame change 0.012, about the real clips' 0.013
 #: (benchmarks/results/generate.md)
 INTERPOLATION_RECIPE = [
     *(item for item in INTERPOLATION_RECIPE_PAPER if not item.startswith("trainer.max_steps=")),
