@@ -133,7 +133,10 @@ def write_video(path: str | Path, frames: np.ndarray, fps: float, codec: str | N
         else:
             stream.codec_context.bit_rate = 4_000_000  # high for the small clips written here: near-lossless
         for f in frames:
-            for packet in stream.encode(av.VideoFrame.from_ndarray(f, format="rgb24")):
+            # convert to the stream's pixel format here: PyAV's own conversion inside encode() made x264 write
+            # different bytes (and decoded frames up to 19 levels apart) for the same frames from run to run
+            frame = av.VideoFrame.from_ndarray(f, format="rgb24").reformat(format=stream.pix_fmt)
+            for packet in stream.encode(frame):
                 container.mux(packet)
         for packet in stream.encode():
             container.mux(packet)
