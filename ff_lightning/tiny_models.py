@@ -46,7 +46,7 @@ TARGETS = {"keyframes": "make tiny-models", "interpolation": "make tiny-models",
 #: interpolation on 9-frame shape clips (K = 3), s = 1 (the 16-frame clips fit no larger s), from the t2i base, plus
 #: module.latent_scale = 1 / std of the MoVQ latents (:func:`latent_scale_of`), with the paper's objective (the UNet
 #: diffuses the middle latents themselves, 20 DDIM steps): the release-faithful recipe, kept by name. 300 steps:
-#: its videos flicker (mean frame-to-frame change 0.064 on [0, 1] against 0.013 for the real clips,
+#: its videos flicker (mean frame-to-frame change 0.068 on [0, 1] against 0.013 for the real clips,
 #: benchmarks/results/generate.md)
 INTERPOLATION_RECIPE_PAPER = [
     "data.source=bundled_shapes", "data.size=[32,32]", "data.num_frames=9", "data.stride=1", "data.batch_size=4",
@@ -56,7 +56,7 @@ INTERPOLATION_RECIPE_PAPER = [
 ]  # fmt: skip
 #: the default: the same data, with the objective of experiments/interpolation/blend_residual.yaml (the UNet diffuses
 #: 3x the difference to the linear blend of the keyframe latents, training timesteps shifted towards high noise,
-#: one DDIM step), 1500 steps (~7 min on one CPU thread): frame-to-frame change 0.012, about the real clips' 0.013
+#: one DDIM step), 1500 steps (~7.6 min on one CPU thread): frame-to-frame change 0.013, as the real clips
 #: (benchmarks/results/generate.md)
 INTERPOLATION_RECIPE = [
     *(item for item in INTERPOLATION_RECIPE_PAPER if not item.startswith("trainer.max_steps=")),
