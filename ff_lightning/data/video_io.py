@@ -133,8 +133,10 @@ def write_video(path: str | Path, frames: np.ndarray, fps: float, codec: str | N
         else:
             stream.codec_context.bit_rate = 4_000_000  # high for the small clips written here: near-lossless
         for f in frames:
-            # convert to the stream's pixel format here: PyAV's own conversion inside encode() made x264 write
-            # different bytes (and decoded frames up to 19 levels apart) for the same frames from run to run
+            # convert to the stream's pixel format here: with PyAV's own conversion inside encode() the same frames
+            # came out as different bytes (decoded up to 19 levels apart) in about a third of the bundled clips from
+            # build to build; converted here, it still happens, rarely (10 of 60 encodes of one clip in one run of
+            # 2026-12-06, 0 of 60 in another): the cause is not found, builds are not guaranteed to be identical
             frame = av.VideoFrame.from_ndarray(f, format="rgb24").reformat(format=stream.pix_fmt)
             for packet in stream.encode(frame):
                 container.mux(packet)
