@@ -22,7 +22,6 @@ generated frames of the first prompts, keyframes marked).
 from __future__ import annotations
 
 import argparse
-import hashlib
 import sys
 import time
 from collections.abc import Sequence
@@ -35,6 +34,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import command_line, cpu_name, output_paths, timestamp, write_csv  # noqa: E402
 
+from ff_lightning.checkpoints import sha256_file  # noqa: E402
 from ff_lightning.io import atomic_write_text  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -62,16 +62,6 @@ def shown_path(path: str) -> str:
 
     root = str(cache_dir())
     return "$FF_CACHE_DIR" + path[len(root) :] if path.startswith(root + "/") else path
-
-
-def sha256_12(path: str | None) -> str:
-    if not path:
-        return "-"
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()[:12]
 
 
 def test_clips(frames: int) -> tuple[list[str], torch.Tensor]:
@@ -221,7 +211,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Path]:
         [*rows, *clip_rows],
         lambda v: "" if v is None else (f"{v:.4f}" if isinstance(v, float) else str(v)),
     )
-    weights = "\n".join(f"- {s}: `{shown_path(p)}` (sha256 {sha256_12(p)})" for s, p in ckpts.items())
+    weights = "\n".join(f"- {s}: `{shown_path(p)}` (sha256 {sha256_file(p)[:12]})" for s, p in ckpts.items())
     manifest = tiny_dir() / "manifest.json"
     note = f"- tiny-model manifest: `{shown_path(str(manifest))}`\n" if manifest.is_file() else ""
     table = ["| frames | prompts | colour found | shape found | colour and shape found | change from the previous "

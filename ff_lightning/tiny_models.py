@@ -32,7 +32,7 @@ from typing import Any
 from ff_lightning.paths import cache_dir
 
 __all__ = ["TARGETS", "tiny_dir", "find_tiny_checkpoints", "build_tiny_models", "write_untrained_stages",
-           "latent_scale_of", "compare_temporal_base", "build_paper_interpolation", "INTERPOLATION_RECIPE",
+           "latent_scale_of", "compare_temporal_base", "INTERPOLATION_RECIPE",
            "INTERPOLATION_RECIPE_PAPER", "DECODER_RECIPE"]  # fmt: skip
 
 log = logging.getLogger(__name__)
@@ -198,9 +198,10 @@ def compare_temporal_base() -> dict[str, Any]:
     return injected
 
 
-def build_tiny_models(redo: bool = False) -> dict[str, Any]:
+def build_tiny_models(redo: bool = False, paper_interpolation: bool = False) -> dict[str, Any]:
     """Provide the three tiny stages (see the module docstring); returns the manifest. Stages already built are
-    reused unless ``redo``."""
+    reused unless ``redo``. ``paper_interpolation``: also the interpolation stage trained with the paper's objective
+    (:data:`INTERPOLATION_RECIPE_PAPER`) at ``interpolation_paper.ckpt``, for comparison (``make bench-generate``)."""
     from ff_lightning.ablate import _row_config, _row_key, load_sweep
     from ff_lightning.config import load_config
     from ff_lightning.io import atomic_write_json
@@ -255,10 +256,16 @@ def build_tiny_models(redo: bool = False) -> dict[str, Any]:
         seconds["keyframes"] = round(time.time() - t0, 1)
 
     scale = _base_latent_scale(t2i) or latent_scale_of(movq)  # the interpolation UNet starts from the t2i base
-    for stage, exp, recipe in (
-        ("interpolation", EXPERIMENTS / "interpolation" / "base.yaml", [*INTERPOLATION_RECIPE, f"module.latent_scale={scale}"]),
+    interpolation = EXPERIMENTS / "interpolation" / "base.yaml"
+    stages = [
+        ("interpolation", interpolation, [*INTERPOLATION_RECIPE, f"module.latent_scale={scale}"]),
         ("decoder", EXPERIMENTS / "decoder" / "base.yaml", DECODER_RECIPE),
-    ):  # fmt: skip
+    ]  # fmt: skip
+    if paper_interpolation:
+        stages.append(
+            ("interpolation_paper", interpolation, [*INTERPOLATION_RECIPE_PAPER, f"module.latent_scale={scale}"])
+        )
+    for stage, exp, recipe in stages:
         items = [*recipe, *(c for c in common if stage != "decoder" or "t2i_ckpt" not in c), f"run.name={stage}"]
         cfg = load_config(exp, items)
         key = _recipe_key(exp, items)
@@ -273,34 +280,6 @@ def build_tiny_models(redo: bool = False) -> dict[str, Any]:
     manifest.update({"movq_ckpt": movq, "t2i_ckpt": t2i, "seconds": seconds, "config_hash": hashes})
     atomic_write_json(out / "manifest.json", manifest)
     return manifest
-
-
-def build_paper_interpolation() -> Path:
-    """The tiny interpolation stage trained with the paper's objective (:data:`INTERPOLATION_RECIPE_PAPER`) over the
-    tiny models' MoVQ and t2i base (:func:`build_tiny_models` first), at ``tiny_pipeline/interpolation_paper.ckpt``;
-    reused while its recipe is unchanged. For comparison with the default stage (``make bench-generate``)."""
-    from ff_lightning.config import load_config
-    from ff_lightning.io import atomic_write_json
-
-    manifest = build_tiny_models()
-    out = tiny_dir()
-    movq, t2i = manifest["movq_ckpt"], manifest["t2i_ckpt"]
-    scale = _base_latent_scale(t2i) or latent_scale_of(movq)
-    exp = EXPERIMENTS / "interpolation" / "base.yaml"
-    items = [*INTERPOLATION_RECIPE_PAPER, f"module.latent_scale={scale}", f"module.movq_ckpt={movq}",
-             f"module.t2i_ckpt={t2i}", f"run.output_dir={out / 'runs'}", "run.name=interpolation_paper"]  # fmt: skip
-    key = _recipe_key(exp, items)
-    target = out / "interpolation_paper.ckpt"
-    hashes = dict(manifest.get("config_hash") or {})
-    if target.is_file() and hashes.get("interpolation_paper") == key:
-        return target
-    cfg = load_config(exp, items)
-    log.info("tiny interpolation, paper objective: training %s (%d steps)", exp.name, cfg.trainer.max_steps)
-    _copy(_fit_last(cfg), target)
-    hashes["interpolation_paper"] = key
-    manifest.update({"interpolation_paper": str(target), "config_hash": hashes})
-    atomic_write_json(out / "manifest.json", manifest)
-    return target
 
 
 def write_untrained_stages(
@@ -365,11 +344,9 @@ def main() -> None:  # pragma: no cover - `make tiny-models`
                    help="also train the interpolation stage with the paper's objective (interpolation_paper.ckpt)")  # fmt: skip
     args = p.parse_args()
     t0 = time.time()
-    manifest = build_tiny_models(redo=args.redo)
-    for stage in STAGES:
+    manifest = build_tiny_models(redo=args.redo, paper_interpolation=args.paper_interpolation)
+    for stage in (*STAGES, "interpolation_paper") if args.paper_interpolation else STAGES:
         print(f"{stage}: {manifest[stage]}")
-    if args.paper_interpolation:
-        print(f"interpolation (paper objective): {build_paper_interpolation()}")
     print(f"seconds per stage: {manifest['seconds']}; total {time.time() - t0:.0f}s")
 
 
