@@ -90,6 +90,8 @@ class SweepConfig:
     paper_note: str = ""
     # rows are also compared with this one, paired over the same held-out samples (a list: the first row present)
     reference_row: Any = None
+    # further paired tables, one per [a, b] (b minus a, same held-out samples), e.g. [[layers, blocks]]
+    pairs: list[Any] = field(default_factory=list)
     evaluate: dict[str, Any] = field(default_factory=dict)  # evaluator options (evaluators taking ``options``)
     # {"train": {data key: value}, "test": {...}}: where rows are fine-tuned / evaluated (ff_lightning.ablate_preflight)
     data: dict[str, Any] = field(default_factory=dict)
@@ -187,6 +189,12 @@ def load_sweep(path: str | Path, overrides: Sequence[str] = ()) -> tuple[SweepCo
     names = [r.name for r in sw.rows]
     if len(set(names)) != len(names):
         raise ConfigError(f"{path}: duplicate row names in {names}")
+    for pair in sw.pairs:
+        if not isinstance(pair, (list, tuple)) or len(pair) != 2:
+            raise ConfigError(f"{path}: pairs takes [a, b] lists of two row names, got {pair!r}")
+        for name in pair:
+            if name not in names:
+                raise UnknownChoiceError("row in pairs", str(name), names)
     _prepare_steps(sw, path)  # validates the prepare chain's shape
     return sw, path
 
@@ -294,6 +302,9 @@ def _row_key(sw: SweepConfig, cfg: DictConfig, row: SweepRow) -> str:
 
 
 _RESULT_NEUTRAL_TRAINER_KEYS = ("enable_progress_bar", "gradient_checkpointing")
+#: schema fields added after cached results existed: left out of the key while at these defaults (which behave as
+#: before the field existed), so the cached rows, MoVQ and T2I bases of earlier runs keep their keys
+_ADDED_AT_DEFAULT: dict[str, dict[str, Any]] = {"data": {"motion_augment": "none"}}
 
 
 def config_hash(cfg: DictConfig) -> str:
@@ -303,6 +314,9 @@ def config_hash(cfg: DictConfig) -> str:
     assert isinstance(c, dict)
     c["run"] = {k: v for k, v in c["run"].items() if k not in ("output_dir", "resume")}
     c["trainer"] = {k: v for k, v in c["trainer"].items() if k not in _RESULT_NEUTRAL_TRAINER_KEYS}
+    for section, defaults in _ADDED_AT_DEFAULT.items():
+        if isinstance(c.get(section), dict):
+            c[section] = {k: v for k, v in c[section].items() if not (k in defaults and v == defaults[k])}
     return hashlib.sha256(json.dumps(c, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 

@@ -338,22 +338,40 @@ def paired_difference(a: list[float], b: list[float], seed: int = 0) -> dict[str
 
 
 def _paired_section(sw: Any, records: list[dict[str, Any]]) -> list[str]:
-    """Markdown table of each row minus the reference row, paired over the same held-out samples."""
+    """Markdown tables of each row minus the reference row, then of each listed pair ``[a, b]`` (``b - a``), paired
+    over the same held-out samples."""
     ref_names = getattr(sw, "reference_row", None)
     ref_names = [ref_names] if isinstance(ref_names, str) else list(ref_names or [])
     ref = next((r for name in ref_names for r in records if r["row"] == name), None)  # the first one present
-    if ref is None:
-        return []
+    out: list[str] = []
+    if ref is not None:
+        out += _paired_table(
+            sw,
+            ref,
+            [r for r in records if r is not ref],
+            f"Paired differences against **{ref['label']}** (same held-out samples; bootstrap 95% interval; "
+            "an interval that excludes 0 is a difference these samples resolve):",
+        )
+    by_name = {r["row"]: r for r in records}
+    for a, b in [tuple(p) for p in getattr(sw, "pairs", None) or []]:
+        if a in by_name and b in by_name:
+            out += _paired_table(
+                sw,
+                by_name[a],
+                [by_name[b]],
+                f"Paired differences **{by_name[b]['label']}** minus **{by_name[a]['label']}** (same held-out "
+                "samples; bootstrap 95% interval; an interval that excludes 0 is a difference these samples resolve):",
+            )
+    return out
+
+
+def _paired_table(sw: Any, ref: dict[str, Any], others: list[dict[str, Any]], title: str) -> list[str]:
+    """One paired table: a line per row of ``others``, each metric minus ``ref``'s on the same samples."""
     metrics = [m for m in sw.metrics if (ref["metrics"].get(m) or {}).get("per_sample")]
-    if not metrics:
+    if not metrics or not others:
         return []
     better = getattr(sw, "higher_is_better", {}) or {}
-    out = [
-        "",
-        f"Paired differences against **{ref['label']}** (same held-out samples; bootstrap 95% interval; "
-        "an interval that excludes 0 is a difference these samples resolve):",
-        "",
-    ]
+    out = ["", title, ""]
     out.append(
         "| row | "
         + " | ".join(
@@ -363,9 +381,7 @@ def _paired_section(sw: Any, records: list[dict[str, Any]]) -> list[str]:
         + " |"
     )
     out.append("|" + "---|" * (len(metrics) + 1))
-    for r in records:
-        if r is ref:
-            continue
+    for r in others:
         cells = []
         for m in metrics:
             d = paired_difference((r["metrics"].get(m) or {}).get("per_sample") or [], ref["metrics"][m]["per_sample"])

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 import torch
 import yaml
+from omegaconf import OmegaConf
 
 from ff_lightning import ablate
 from ff_lightning.config import ConfigError
@@ -334,7 +335,9 @@ def test_cache_key_follows_row_settings_not_output_places(env) -> None:
     row = sw.rows[1]
     key = ablate.config_hash(ablate._row_config(sw, sweep_path, row, {}))
     assert key == ablate.config_hash(ablate._row_config(sw, sweep_path, row, {}))
-    for change in ({"optim.lr": 3e-4}, {"module.policy": "decoder"}, {"trainer.max_steps": 2}, {"data.seed": 1}):
+    changes = ({"optim.lr": 3e-4}, {"module.policy": "decoder"}, {"trainer.max_steps": 2}, {"data.seed": 1},
+               {"data.motion_augment": "flip"})  # fmt: skip
+    for change in changes:
         row.set = {**sw.rows[1].set, **change}
         assert ablate.config_hash(ablate._row_config(sw, sweep_path, row, {})) != key, change
     row.set = dict(yaml.safe_load(path.read_text())["rows"][1]["set"])
@@ -342,6 +345,12 @@ def test_cache_key_follows_row_settings_not_output_places(env) -> None:
     neutral = ["run.output_dir=/elsewhere", "trainer.enable_progress_bar=true", "trainer.gradient_checkpointing=true"]
     sw2, _ = ablate.load_sweep(path, neutral)
     assert ablate.config_hash(ablate._row_config(sw2, sweep_path, sw2.rows[1], {})) == key
+    # a field added later, at its default, leaves the key as it was before the field existed
+    cfg = ablate._row_config(sw, sweep_path, row, {})
+    assert cfg.data.motion_augment == "none"
+    without = OmegaConf.create(OmegaConf.to_container(cfg))
+    del without.data["motion_augment"]
+    assert ablate.config_hash(without) == key
 
 
 # ---------------------------------------------------------------------------------------- fail before any work
@@ -438,3 +447,21 @@ def test_record_json_is_what_the_tables_show(sweep_run) -> None:
     assert rec["columns"] == {"model.variant": "conv3x1x1", "module.policy": "temporal"}
     assert rec["params_paper"] == MANIFEST_PARAMS["conv3x1x1"] and rec["paper"] == PAPER_C311_T
     assert rec["metrics"]["lpips"]["value"] is None and "alexnet" in rec["metrics"]["lpips"]["reason"].lower()
+
+
+def test_pairs_name_rows_of_the_sweep(env, tmp_path: Path) -> None:
+    """``pairs: [[a, b]]`` adds a paired table b minus a; an unknown row name fails at load, naming the rows."""
+    _, path, _ = env
+    sweep = yaml.safe_load(path.read_text())
+    names = [r["name"] for r in sweep["rows"]]
+    sweep["pairs"] = [[names[0], names[1]]]
+    good = tmp_path / "good.yaml"
+    good.write_text(yaml.safe_dump(sweep))
+    assert ablate.load_sweep(good)[0].pairs == [[names[0], names[1]]]
+    for bad_pairs, error in (([[names[0], "nope"]], UnknownChoiceError), ([[names[0]]], ConfigError)):
+        sweep["pairs"] = bad_pairs
+        bad = tmp_path / "bad.yaml"
+        bad.write_text(yaml.safe_dump(sweep))
+        with pytest.raises(error) as e:
+            ablate.load_sweep(bad)
+        assert all(n in str(e.value) for n in names) if error is UnknownChoiceError else "[a, b]" in str(e.value)

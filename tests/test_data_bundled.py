@@ -102,3 +102,57 @@ def test_shapes_render_deterministic_and_moving() -> None:
     red = (a[..., 0].astype(int) - a[..., 1] > 120) & (a[..., 0] > 180)  # the shape's pixels
     xs = [float(np.nonzero(m)[1].mean()) for m in red]
     assert xs[-1] - xs[0] > 10  # moved right by about 2.2 px per frame
+
+
+def _measured_direction(video: np.ndarray, colour: str) -> str:
+    """Direction of the shape's centroid from the first to the last frame of ``(T, 3, H, W)`` in [-1, 1]."""
+    from ff_lightning.data.bundled.shapes import COLOURS
+
+    px = (np.asarray(video).transpose(0, 2, 3, 1) + 1) * 127.5  # (T, H, W, 3) in [0, 255]
+    ref = np.asarray(COLOURS[colour], dtype=np.float32) * 0.9
+    mask = np.linalg.norm(px - ref, axis=-1) < 60  # the shape's pixels (shade 0.6-1.0 of its colour)
+    first, last = (np.argwhere(mask[i]).mean(axis=0) for i in (0, -1))  # (y, x) centroids
+    dy, dx = last - first
+    if abs(dx) > abs(dy):
+        return "right" if dx > 0 else "left"
+    return "down" if dy > 0 else "up"
+
+
+def test_motion_augment_swaps_direction_words_with_the_motion(cache: Path) -> None:
+    """``data.motion_augment``: mirrored / reversed clips carry the opposite direction word, measured from pixels."""
+    from ff_lightning.data.motion_words import MIRROR_SWAP, REVERSE_SWAP, swap_words
+
+    common = dict(source="bundled_shapes", cache_dir=str(cache), num_frames=8, size=[32, 32], random_crop=False,
+                  random_start=False)  # fmt: skip
+    plain = build_dataset(DataConfig(**common), "train")
+    aug = build_dataset(DataConfig(**common, motion_augment="flip_reverse"), "train")
+    seen = {"flipped": 0, "reversed": 0}
+    for epoch in range(3):
+        for i in range(len(plain)):
+            a, b = plain[(epoch, i)], aug[(epoch, i)]
+            colour, word = a["caption"].split()[1], a["caption"].split()[4]
+            assert _measured_direction(a["video"].numpy(), colour) == word  # the measurement reads the data right
+            assert _measured_direction(b["video"].numpy(), colour) == b["caption"].split()[4]
+            expect_video, expect_caption = a["video"], a["caption"]
+            if b["meta"]["flipped"]:
+                expect_video, expect_caption = expect_video.flip(-1), swap_words(expect_caption, MIRROR_SWAP)
+            if b["meta"]["reversed"]:
+                expect_video, expect_caption = expect_video.flip(0), swap_words(expect_caption, REVERSE_SWAP)
+            assert b["caption"] == expect_caption and np.array_equal(b["video"].numpy(), expect_video.numpy())
+            seen = {k: v + int(b["meta"][k]) for k, v in seen.items()}
+    n = 3 * len(plain)
+    assert all(0.25 * n < v < 0.75 * n for v in seen.values()), seen  # each about half the time
+    # the evaluation split and the default are untouched; unknown modes name the valid ones
+    assert "flipped" not in build_dataset(DataConfig(**common, motion_augment="flip_reverse"), "test")[0]["meta"]
+    with pytest.raises(ValueError, match="motion_augment must be one of 'none', 'flip', 'reverse', 'flip_reverse'"):
+        DataConfig(**common, motion_augment="mirror")
+
+
+def test_swap_words_whole_words_only() -> None:
+    from ff_lightning.data.motion_words import REVERSE_SWAP, names_direction, swap_words
+
+    assert (
+        swap_words("Left of the upper dog, moving up-left", REVERSE_SWAP) == "Right of the upper dog, moving down-right"
+    )
+    assert swap_words("a man turns left then right", REVERSE_SWAP) == "a man turns right then left"
+    assert not names_direction("an upbeat leftover") and names_direction("Up we go")

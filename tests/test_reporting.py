@@ -176,3 +176,8 @@ def test_paired_difference_against_reference_row(tmp_path) -> None:
     md = md_path.read_text()
     assert "Paired differences against **ref**" in md
     assert "| new | 0.5000 [0.5000, 0.5000] |" in md
+    # a listed pair gets its own table, b minus a, also when neither is the reference row
+    sw.reference_row, sw.pairs = None, [["new", "ref"], ["new", "absent"]]
+    md = render_tables(sw, [rec("ref", base), rec("new", better)])[0].read_text()
+    assert "against **" not in md and md.count("Paired differences **") == 1
+    assert "Paired differences **ref** minus **new**" in md and "| ref | -0.5000 [-0.5000, -0.5000] |" in md

@@ -25,6 +25,7 @@ import numpy as np
 from torch.utils.data import Dataset
 
 from .config import SPLITS, DataConfig
+from .motion_words import augment_motion
 from .sampling import ClipPlan, plan_clip, sample_rng
 from .transforms import frames_to_clip
 from .video_io import ClipReadError, probe_video, read_video_frames
@@ -69,6 +70,7 @@ class ClipOptions:
     min_frames: int = 0
     seed: int = 0
     max_attempts: int = 16
+    motion_augment: str = "none"
 
     @classmethod
     def from_config(cls, cfg: DataConfig, split: str) -> ClipOptions:
@@ -87,6 +89,7 @@ class ClipOptions:
             min_frames=cfg.min_frames,
             seed=cfg.seed,
             max_attempts=cfg.max_attempts,
+            motion_augment=str(getattr(cfg, "motion_augment", "none")),
         )
 
     @property
@@ -198,6 +201,9 @@ class ClipDataset(Dataset, ABC):
             caption = record.captions[int(rng.integers(0, len(record.captions)))]
         else:
             caption = record.caption or (record.captions[0] if record.captions else "")
+        augmented: dict[str, bool] = {}
+        if o.train and o.motion_augment != "none":
+            video, caption, augmented = augment_motion(video, caption, o.motion_augment, rng)
         meta: dict[str, Any] = {
             "source": self.source,
             "split": self.split,
@@ -213,6 +219,8 @@ class ClipDataset(Dataset, ABC):
         }
         if record.captions:
             meta["captions"] = list(record.captions)
+        if augmented:
+            meta.update(augmented)
         return {"video": video, "caption": caption, "label": int(record.label), "meta": meta}
 
 

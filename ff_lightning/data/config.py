@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from .motion_words import MOTION_AUGMENTS
+
 __all__ = ["DataConfig", "SPLITS", "data_config_problems"]
 
 #: The split names a dataset factory accepts. ``val`` and ``test`` both read the held-out split of a source.
@@ -51,6 +53,9 @@ class DataConfig:
     random_start: bool = True  # train only
     eval_start: str = "center"  # "center" or "first"
     min_frames: int = 0  # clips with fewer source frames than this (or than the clip needs) are skipped
+    # train only: mirror / play backwards clips whose caption names a direction, swapping the words to match
+    # ("none", "flip", "reverse", "flip_reverse"; ff_lightning.data.motion_words)
+    motion_augment: str = "none"
     # loading
     batch_size: int = 2
     val_batch_size: int | None = None  # None: batch_size
@@ -95,5 +100,10 @@ def data_config_problems(cfg: Any, prefix: str = "data.") -> list[str]:
     need(cfg.eval_start in ("center", "first"), "eval_start", "'center' or 'first'")
     need(cfg.caption_mode in ("random", "first"), "caption_mode", "'random' or 'first'")
     need(cfg.val_split in ("test", "train"), "val_split", "'test' or 'train'")
+    need(
+        str(getattr(cfg, "motion_augment", "none")) in MOTION_AUGMENTS,
+        "motion_augment",
+        "one of " + ", ".join(repr(m) for m in MOTION_AUGMENTS),
+    )
     need(cfg.split_index in (1, 2, 3), "split_index", "1, 2 or 3")
     return problems

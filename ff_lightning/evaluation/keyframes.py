@@ -369,10 +369,9 @@ def _caption_accuracy(
 
 def opposite_direction_caption(caption: str) -> str:
     """``"a red circle moving left slowly"`` -> ``"a red circle moving right slowly"`` (every direction word swapped)."""
-    from ff_lightning.data.bundled.shapes import DIRECTIONS
+    from ff_lightning.data.motion_words import REVERSE_SWAP, swap_words
 
-    opposite = {a: b for a, va in DIRECTIONS.items() for b, vb in DIRECTIONS.items() if vb == (-va[0], -va[1])}
-    return " ".join(opposite.get(word, word) for word in caption.split())
+    return swap_words(caption, REVERSE_SWAP)
 
 
 # ------------------------------------------------------------------------------------------------------ evaluator
