@@ -12,6 +12,7 @@ from ff_lightning.evaluation.shapes_classifier import (
     _swap_directions,
     attribute_hits,
     caption_attributes,
+    predicted_shares,
 )
 
 
@@ -49,6 +50,9 @@ def test_attribute_hits_compare_predictions_with_the_captions() -> None:
         assert torch.equal(hits[k], (logits[k].argmax(1) == want).double())
     with pytest.raises(ValueError, match="takes 4 frames"):
         model(videos[:, :2])
+    shares = predicted_shares(model, videos, "motion")
+    assert list(shares) == list(DIRECTIONS) and abs(sum(shares.values()) - 1) < 1e-12
+    assert shares == {d: (logits["motion"].argmax(1) == i).double().mean().item() for i, d in enumerate(DIRECTIONS)}
 
 
 def test_rendered_shape_covers_a_fifth_of_the_frame() -> None:

@@ -350,7 +350,12 @@ def _caption_accuracy(
 ) -> dict[str, float]:
     """``colour_acc`` / ``shape_acc`` / ``motion_acc`` of the generated clips ``(n, T, 3, H, W)`` into ``out``; returns
     the real clips' accuracies (the ceiling). Other data sources: reported unavailable."""
-    from ff_lightning.evaluation.shapes_classifier import ATTRIBUTES, attribute_hits, ensure_attribute_classifier
+    from ff_lightning.evaluation.shapes_classifier import (
+        ATTRIBUTES,
+        attribute_hits,
+        ensure_attribute_classifier,
+        predicted_shares,
+    )
 
     if not enabled or str(cfg.data.source) != "bundled_shapes" or cfg.data.get("fps"):
         reason = ("caption accuracy not computed (evaluate.caption_accuracy: false)" if not enabled else
@@ -364,7 +369,11 @@ def _caption_accuracy(
     hits, real_hits = attribute_hits(model, videos, prompts), attribute_hits(model, real, prompts)
     for k in ATTRIBUTES:
         out[f"{k}_acc"] = summarize(hits[k], proportion=True)
-    return {f"real_{k}_acc": float(real_hits[k].mean()) for k in ATTRIBUTES}
+    extra = {f"real_{k}_acc": float(real_hits[k].mean()) for k in ATTRIBUTES}
+    # which directions the generated clips show (a model that ignores the word shows its own favourite, whatever the
+    # prompts ask): the share of generated clips classified as each direction
+    extra.update({f"generated_moving_{d}": v for d, v in predicted_shares(model, videos, "motion").items()})
+    return extra
 
 
 def opposite_direction_caption(caption: str) -> str:

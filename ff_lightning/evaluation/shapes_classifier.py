@@ -40,6 +40,7 @@ __all__ = [
     "train_attribute_classifier",
     "ensure_attribute_classifier",
     "attribute_hits",
+    "predicted_shares",
 ]
 
 log = logging.getLogger(__name__)
@@ -386,3 +387,11 @@ def attribute_hits(model: AttributeClassifier, videos: torch.Tensor, captions: l
     logits = model(videos)
     labels = [caption_attributes(c) for c in captions]
     return {k: (logits[k].argmax(1) == torch.tensor([lab[k] for lab in labels])).double() for k in ATTRIBUTES}
+
+
+@torch.no_grad()
+def predicted_shares(model: AttributeClassifier, videos: torch.Tensor, attribute: str) -> dict[str, float]:
+    """Share of ``videos`` ``(B, T, 3, H, W)`` classified as each value of ``attribute`` (``{value name: share}``)."""
+    pred = model(videos)[attribute].argmax(1)  # (B,)
+    names = _attribute_names()[attribute]
+    return {name: float((pred == i).double().mean()) for i, name in enumerate(names)}
