@@ -304,7 +304,10 @@ def _row_key(sw: SweepConfig, cfg: DictConfig, row: SweepRow) -> str:
 _RESULT_NEUTRAL_TRAINER_KEYS = ("enable_progress_bar", "gradient_checkpointing")
 #: schema fields added after cached results existed: left out of the key while at these defaults (which behave as
 #: before the field existed), so the cached rows, MoVQ and T2I bases of earlier runs keep their keys
-_ADDED_AT_DEFAULT: dict[str, dict[str, Any]] = {"data": {"motion_augment": "none"}}
+_ADDED_AT_DEFAULT: dict[str, dict[str, Any]] = {
+    "data": {"motion_augment": "none"},
+    "module": {"motion_loss_weight": 0.0},
+}
 
 
 def config_hash(cfg: DictConfig) -> str:

@@ -225,3 +225,46 @@ def test_full_finetune_and_timestep_shift_options(cache: Path, tmp_path: Path) -
     assert int(shifted.min()) >= 0 and int(shifted.max()) <= schedule.num_steps - 1
     with pytest.raises(ValueError, match="must be > 0"):
         _draw(schedule, x0, 4, None, shift=0.0)
+
+
+def test_motion_loss_weight_adds_the_error_change_between_frames(cache: Path, tmp_path: Path) -> None:
+    """module.motion_loss_weight w: the training loss is MSE(err) + w * MSE(err[t+1] - err[t]) over each clip's
+    frames; 0 gives the plain loss, and validation (a generator) always takes the plain loss."""
+
+    def module_with(weight: float) -> Any:
+        cfg = load_config(ROOT / "experiments/keyframes/base.yaml", _overrides(
+            cache, tmp_path, "module.allow_random_t2i=true", "data.num_frames=4", "module.cfg_dropout=0",
+            f"module.motion_loss_weight={weight}"))  # fmt: skip
+        torch.manual_seed(0)  # same UNet weights for every weight
+        m = build_system(cfg)
+        with torch.no_grad():
+            for _, p in m.unet.added_parameters():  # temporal parts away from identity: frames interact
+                p.normal_(0.0, 0.05, generator=torch.Generator().manual_seed(1))
+        return m
+
+    video = torch.rand(2, 4, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    batch = {"video": video, "caption": ["a red circle moving left slowly"] * 2, "meta": [{}, {}]}
+    captured: dict[str, torch.Tensor] = {}
+    m0 = module_with(0.0)
+    target_fn = m0.schedule.target
+
+    def spy(*args: Any, **kwargs: Any) -> torch.Tensor:
+        captured["target"] = target_fn(*args, **kwargs)
+        return captured["target"]
+
+    m0.schedule.target = spy  # type: ignore[method-assign]
+    hook = m0.unet.register_forward_hook(lambda mod, inp, out: captured.__setitem__("out", out))
+    torch.manual_seed(5)
+    plain = m0.diffusion_loss(batch)
+    hook.remove()
+    err = (captured["out"] - captured["target"]).reshape(2, 4, -1)  # b t (c h w)
+    change = (err[:, 1:] - err[:, :-1]).pow(2).mean()
+    assert float(change.detach()) > 0
+    torch.testing.assert_close(plain, err.pow(2).mean())
+    m3 = module_with(3.0)
+    torch.manual_seed(5)
+    torch.testing.assert_close(m3.diffusion_loss(batch), plain + 3.0 * change, rtol=1e-5, atol=1e-7)
+    g = lambda: torch.Generator().manual_seed(2)  # noqa: E731
+    torch.testing.assert_close(m3.diffusion_loss(batch, g()), m0.diffusion_loss(batch, g()))
+    with pytest.raises(ConfigError, match="motion_loss_weight must be >= 0"):
+        module_with(-1.0)

@@ -56,6 +56,9 @@ class KeyframesSystemConfig(DiffusionSystemConfig):
     train_text_projection: bool = False  # also fine-tune the text projection and the null embedding
     train_spatial: bool = False  # also fine-tune the inherited spatial UNet (the paper freezes it)
     timestep_shift: float = 1.0  # >1 draws training steps towards high noise (SD3-style shift; 1 = uniform)
+    # not the paper's: training adds this weight times the MSE of the frame-to-frame change of the prediction error
+    # (the error's temporal-difference part weighed 1 + w times; 0 = the plain loss; validation is always plain)
+    motion_loss_weight: float = 0.0
     frame_position_unit: float | None = None  # None: the release's 180 // num_frames
     frame_rate_conditioning: bool = True  # scale frame positions by the clip's source-frame step
     sample_frame_step: float | None = None  # source-frame step of logged samples (None: data.stride)
@@ -93,6 +96,8 @@ class KeyframesModule(LatentDiffusionSystem):
     def build_unet(self) -> nn.Module:
         cfg, m = self.cfg, self.m
         mc = cfg.model
+        if float(m.motion_loss_weight) < 0:
+            raise ConfigError(f"module.motion_loss_weight must be >= 0, got {m.motion_loss_weight}")
         if mc.component != "keyframe_unet":
             raise ConfigError(f"the keyframes system needs model.component=keyframe_unet, got {mc.component!r}")
         if mc.variant not in KEYFRAME_DESIGNS:
@@ -184,7 +189,12 @@ class KeyframesModule(LatentDiffusionSystem):
         strides = self.frame_strides(batch, b)
         out = self.unet(x_t, steps.to(x0.dtype), context, mask, num_frames=t, frame_stride=strides, **extras)
         target = self.schedule.target(self.m.prediction, x0, noise, steps)
-        return F.mse_loss(out.float(), target.float())
+        loss = F.mse_loss(out.float(), target.float())
+        weight = float(self.m.motion_loss_weight)
+        if weight and generator is None and t > 1:  # training only
+            err = rearrange(out.float() - target.float(), "(b t) c h w -> b t c h w", t=t)
+            loss = loss + weight * (err[:, 1:] - err[:, :-1]).pow(2).mean()
+        return loss
 
     def unet_extras(self, x0: torch.Tensor, videos: int, generator: torch.Generator | None) -> dict[str, Any]:
         """Extra UNet inputs of a training / validation batch (clip latents ``x0`` ``(b t) c h w``): none here."""
