@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from ff_lightning.data.bundled.shapes import COLOURS, DIRECTIONS, RADIUS, SHAPES, ShapeClip, render_clip
+from ff_lightning.data.motion_words import MIRROR_SWAP, REVERSE_SWAP
 from ff_lightning.evaluation.shapes_classifier import (
     ATTRIBUTES,
     AttributeClassifier,
@@ -28,9 +29,9 @@ def test_caption_attributes_parse_every_caption_word() -> None:
 def test_direction_swaps() -> None:
     names = list(DIRECTIONS)
     y = torch.tensor([names.index(d) for d in ("left", "right", "up", "down")])
-    flipped = _swap_directions(y, (("left", "right"),))
+    flipped = _swap_directions(y, MIRROR_SWAP)
     assert [names[i] for i in flipped] == ["right", "left", "up", "down"]
-    reversed_ = _swap_directions(y, (("left", "right"), ("up", "down")))
+    reversed_ = _swap_directions(y, REVERSE_SWAP)
     assert [names[i] for i in reversed_] == ["right", "left", "down", "up"]
 
 

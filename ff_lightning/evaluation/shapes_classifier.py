@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ff_lightning.data.motion_words import MIRROR_SWAP, REVERSE_SWAP
 from ff_lightning.io import atomic_open
 
 __all__ = [
@@ -269,12 +270,11 @@ class AttributeClassifier(nn.Module):
         return {k: head(z) for k, head in self.heads.items()}
 
 
-def _swap_directions(y: torch.Tensor, pairs: tuple[tuple[str, str], ...]) -> torch.Tensor:
+def _swap_directions(y: torch.Tensor, swap: dict[str, str]) -> torch.Tensor:
+    """Direction labels ``y`` ``(B,)`` after the words swap as ``swap`` says (``ff_lightning.data.motion_words``:
+    ``MIRROR_SWAP`` for a left-right mirror, ``REVERSE_SWAP`` for a clip played backwards)."""
     names = _attribute_names()["motion"]
-    perm = list(range(len(names)))
-    for a, b in pairs:
-        perm[names.index(a)], perm[names.index(b)] = names.index(b), names.index(a)
-    return torch.tensor(perm)[y]
+    return torch.tensor([names.index(swap.get(n, n)) for n in names])[y]
 
 
 def _window_clips(data: Any, split: str, frames: int, stride: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -339,9 +339,9 @@ def _fit_attributes(
             x = xtr[idx, start : start + span : stride]
             y = {k: v[idx] for k, v in ytr.items()}
             if torch.rand((), generator=gen) < 0.5:
-                x, y["motion"] = x.flip(-1), _swap_directions(y["motion"], (("left", "right"),))
+                x, y["motion"] = x.flip(-1), _swap_directions(y["motion"], MIRROR_SWAP)
             if torch.rand((), generator=gen) < 0.5:
-                x, y["motion"] = x.flip(1), _swap_directions(y["motion"], (("left", "right"), ("up", "down")))
+                x, y["motion"] = x.flip(1), _swap_directions(y["motion"], REVERSE_SWAP)
             logits = model(x)
             loss = sum(F.cross_entropy(logits[k], y[k]) for k in ATTRIBUTES)
             opt.zero_grad()
