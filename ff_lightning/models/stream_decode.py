@@ -30,9 +30,12 @@ from ff_lightning.models.layers import (
     ResnetBlock,
     TemporalAttnBlock,
     TemporalResnetBlock,
+    piece_rows,
     silu_fresh,
 )
 from ff_lightning.models.movq import Decoder
+from ff_lightning.models.temporal import winograd_pays, winograd_piece_frames
+from ff_lightning.models.winograd import winograd_conv
 
 __all__ = ["stream_decode"]
 
@@ -98,6 +101,13 @@ class _Stream:
         padded = torch.cat(parts, 1) if len(parts) > 1 else video
         p = s - 1 if s == 0 else s  # frame index of padded[:, 0]
         w, pad = conv.weight, (conv.kernel_size[1] // 2, conv.kernel_size[2] // 2)
+
+        if winograd_pays(conv, padded[0]):  # as layers.conv3d_as_taps: Winograd on wide enough maps
+            frames = padded.shape[1]
+            pieces = winograd_piece_frames(padded[0], piece_rows(padded[0]))
+            # origin p: the pieces (and so the sums) of a whole-video call, each output frame bit for bit
+            out = winograd_conv(padded.flatten(0, 1), w, conv.bias, frames, pieces, (lo - p, hi - p), origin=p)
+            return out, lo
 
         def taps(offset: int) -> torch.Tensor:
             return padded[:, lo + offset - p : hi + offset - p].flatten(0, 1)

@@ -15,6 +15,8 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
+from ff_lightning.models.winograd import winograd_applies, winograd_conv
+
 __all__ = [
     "unfold_frames",
     "fold_frames",
@@ -148,13 +150,17 @@ def conv3d_as_taps(conv: nn.Conv3d, x: torch.Tensor, num_frames: int, piece_fram
     conv re-packs its weights on every call and the tap kernels are strided slices that need a copy each), each frame
     is stacked with its neighbours as ``3c`` input channels instead (zeros outside the video) and convolved once
     with the Conv3d kernel viewed as ``(out, 3c, kh, kw)``: one call, no weight copy, the same products summed in
-    one reduction (equal up to float rounding, 1e-5 in the tests).
+    one reduction (equal up to float rounding, 1e-5 in the tests). Without autograd where :func:`winograd_pays`
+    (wide float32 CPU maps), the conv runs as Winograd F(2x2, 3x3) instead (:mod:`ff_lightning.models.winograd`:
+    2.25x fewer multiplies, each frame's tiles transformed once per piece; float rounding, tests/test_winograd.py).
     """
     if x.shape[0] % num_frames:
         raise ValueError(f"batch of {x.shape[0]} rows is not a multiple of num_frames={num_frames}")
     pad = (conv.kernel_size[1] // 2, conv.kernel_size[2] // 2)
     w = conv.weight
     if not torch.is_grad_enabled() and num_frames > 1 and x.shape[0]:
+        if winograd_pays(conv, x):
+            return winograd_conv(x, w, conv.bias, num_frames, winograd_piece_frames(x, piece_frames))
         stacked = x.shape[-2] * x.shape[-1] <= STACKED_MAX_PIXELS
         step = num_frames if piece_frames is None or piece_frames < 1 else piece_frames
         if stacked or step < num_frames:
@@ -176,6 +182,39 @@ def conv3d_as_taps(conv: nn.Conv3d, x: torch.Tensor, num_frames: int, piece_fram
 
 #: :func:`conv3d_as_taps` stacks neighbouring frames as channels (one conv call) on maps of at most this many pixels
 STACKED_MAX_PIXELS = 16
+
+#: without autograd, :func:`conv3d_as_taps` runs as Winograd F(2x2, 3x3) (:mod:`ff_lightning.models.winograd`) on
+#: float32 CPU input of at least this many channels and pixels per frame (even height and width); below, the
+#: transforms cost more than the 2.25x fewer multiplies save (measured on 1 thread, ``benchmarks/decoder_speed.py``)
+WINOGRAD_MIN_CHANNELS = 128
+WINOGRAD_MIN_PIXELS = 64
+#: ... and at most this many elements per input frame: a piece's Winograd temporaries take about 12 frames' worth
+#: (its frames and their two neighbours, transformed at 4x their size), which must stay near the tap convs' (the
+#: decoders' peak memory must not grow)
+WINOGRAD_MAX_FRAME_ELEMENTS = 1 << 16
+
+
+def winograd_pays(conv: nn.Conv3d, x: torch.Tensor) -> bool:
+    """True where the no-autograd path of :func:`conv3d_as_taps` uses Winograd: a 3x3x3 "same" kernel on float32 CPU
+    frames of at least :data:`WINOGRAD_MIN_CHANNELS` channels and :data:`WINOGRAD_MIN_PIXELS` pixels, at most
+    :data:`WINOGRAD_MAX_FRAME_ELEMENTS` elements."""
+    h, w = x.shape[-2:]
+    return (
+        conv.kernel_size == (3, 3, 3)
+        and _taps_apply(conv)
+        and x.shape[1] >= WINOGRAD_MIN_CHANNELS
+        and h * w >= WINOGRAD_MIN_PIXELS
+        and x[0].numel() <= WINOGRAD_MAX_FRAME_ELEMENTS
+        and winograd_applies(x, conv.weight, conv.padding, conv.stride)
+    )
+
+
+def winograd_piece_frames(x: torch.Tensor, piece_frames: int | None) -> int | None:
+    """Output frames per Winograd piece: a quarter of ``piece_frames`` (at least 1): the Winograd-domain tiles of a
+    piece take about 4x its input, so the pieces' temporaries stay near those of the tap convs."""
+    if piece_frames is None or piece_frames < 1:
+        return None
+    return max(1, piece_frames // 4)
 
 
 def _taps_in_pieces(
