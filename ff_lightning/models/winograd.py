@@ -142,9 +142,12 @@ def winograd_conv(
             # pieces end on multiples of ``step`` counted from frame ``-origin`` (the same pieces, so the same
             # matrix-product shapes and sums, whichever range of output frames is asked for)
             e = min((s + origin) // step * step + step - origin, last)
-            tiles_in = x.new_zeros(16, c, (e - s + 2 * halo) * tiles)  # frames s - halo .. e + halo (0 outside)
+            tiles_in = x.new_empty(16, c, (e - s + 2 * halo) * tiles)  # frames s - halo .. e + halo
             lo, hi = max(s - halo, 0), min(e + halo, t)
-            _input_tiles(rows[lo:hi], tiles_in[:, :, (lo - s + halo) * tiles : (hi - s + halo) * tiles])
+            a, b = (lo - s + halo) * tiles, (hi - s + halo) * tiles
+            _input_tiles(rows[lo:hi], tiles_in[:, :, a:b])
+            tiles_in[:, :, :a] = 0  # frames before the video
+            tiles_in[:, :, b:] = 0  # frames after it
             count = (e - s) * tiles
             prod = torch.bmm(u[:, halo], tiles_in[:, :, halo * tiles : halo * tiles + count])  # 16 o count
             if kt == 3:
