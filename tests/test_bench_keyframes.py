@@ -47,13 +47,16 @@ def test_main_writes_md_csv_png(bench: ModuleType, tmp_path: Path) -> None:
         assert float(r["gflop_per_step"]) > 0 and float(r["matmul_peak_gflops"]) > 0
         assert float(r["gflops"]) == pytest.approx(float(r["gflop_per_step"]) / float(r["time_median_s"]), rel=1e-3)
         assert 0 < float(r["frac_of_matmul_peak"]) < 1.5  # a step cannot run far above the matmul rate
+        assert float(r["conv_peak_gflops"]) > 0
+        # against the larger of the two rates: never above the matmul-only fraction
+        assert 0 < float(r["frac_of_dense_peak"]) <= float(r["frac_of_matmul_peak"]) + 1e-12
         if name != "image":  # spatial weights frozen: only the temporal parts train
             assert int(r["params_total"]) > int(image["params_total"]) > int(r["params_trainable"])
     frames = sorted((r["variant"], int(r["frames"])) for r in rows if r["section"] == "frames")
     assert frames == sorted((v, t) for v in per_variant for t in (2, 4))  # --main-frames joins the T sweep
     md = paths["md"].read_text()
     assert "## Step time versus the number of frames" in md and "| blocks_conv1d_attn1d |" in md
-    assert "% of matmul peak" in md
+    assert "% of matmul peak" in md and "% of dense peak" in md
 
 
 def test_memory_child_process(bench: ModuleType) -> None:

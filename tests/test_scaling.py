@@ -237,8 +237,17 @@ def test_ddp_trains_the_decoder_system_like_one_process(
     assert sa.keys() == sb.keys()
     trained = [k for k in sa if "temporal" in k or "alpha" in k]
     assert trained, "no temporal parameters in the decoder checkpoint"
-    for k in sa:
-        torch.testing.assert_close(sb[k], sa[k], atol=2e-6, rtol=1e-5, msg=lambda m, k=k: f"{k}: {m}")
     init = build_system(_decoder_cfg(data_cache, tmp_path / "init", 2, "trainer.devices=1")).state_dict()
     assert any(not torch.equal(sa[k], init[k]) for k in trained)  # it did train
+    for k in sa:
+        # equal up to float rounding of the gradient all-reduce, which AdamW can magnify for parameters whose
+        # gradients are tiny (CPUs round differently: 3e-6 seen on a 1e-3 merge scalar, AMD EPYC): at most 1% of
+        # how far the tensor moved from its initial value (a rank training on the wrong data moves it differently
+        # by about a whole step, lr = 1e-3), plus 2e-6
+        if not sa[k].is_floating_point():
+            assert torch.equal(sb[k], sa[k]), k
+            continue
+        moved = (sa[k] - init[k]).abs().max().item() if k in init else 0.0
+        diff = (sb[k] - sa[k]).abs().max().item()
+        assert diff <= 0.01 * moved + 2e-6, f"{k}: DDP and one process differ by {diff:.3g} (moved {moved:.3g})"
     assert len(list((tmp_path / "ddp").rglob("*.ckpt"))) == len(list((tmp_path / "single").rglob("*.ckpt")))
