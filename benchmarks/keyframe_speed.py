@@ -178,9 +178,9 @@ def matmul_gflops(device: str, n: int = 1024, tries: int = 3) -> float:
 
 def conv_gflops(device: str, batch: int = 16, channels: int = 128, size: int = 32, tries: int = 3) -> float:
     """This machine's fp32 3x3 convolution rate now (``batch x channels x size x size``, "same", ``channels`` out):
-    the best of ``tries`` forward calls, in GFLOP/s. CPU convolutions run in oneDNN, matmuls in the BLAS (MKL):
-    on some CPUs (e.g. AMD EPYC with AVX2) oneDNN's convolutions run faster than MKL's matmul, so a step can exceed
-    the "matmul peak"; the larger of the two rates is the fairer yardstick there."""
+    the best of ``tries`` forward calls, in GFLOP/s. CPU convolutions run in oneDNN, matmuls in the BLAS (MKL), and
+    the two need not reach the same rate on a given CPU (on an AMD EPYC here some conv shapes ran above the 1024^3
+    matmul rate): the larger of the two rates is the fairer yardstick for a step made mostly of convolutions."""
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(batch, channels, size, size, generator=gen).to(device)
     w = torch.randn(channels, channels, 3, 3, generator=gen).to(device)
@@ -353,7 +353,7 @@ def write_markdown(path: Path, args: argparse.Namespace, rows: list[dict[str, An
         + " *% of dense peak*: the same against the larger of that matmul rate and the best of 3 fp32 3x3 convs "
         "(16 x 128 x 32 x 32, 128 outputs) timed in the same round"
         + (f" (median conv rate {var_rows[0]['conv_peak_gflops']:.1f} GFLOP/s)" if var_rows else "")
-        + ": where the convolution library outruns the BLAS (some AMD CPUs) the matmul peak flatters the step.",
+        + ": where the convolution library outruns the BLAS, the matmul peak flatters the step.",
         "",
         "| variant | params total | trainable | trainable % | step ms | x image | "
         + ("x image (CPU) | " if on_cpu else "")
