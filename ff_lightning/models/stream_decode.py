@@ -104,7 +104,7 @@ class _Stream:
 
         if winograd_pays(conv, padded[0]):  # as layers.conv3d_as_taps: Winograd on wide enough maps
             frames = padded.shape[1]
-            pieces = winograd_piece_frames(padded[0], piece_rows(padded[0]))
+            pieces = winograd_piece_frames(piece_rows(padded[0]))
             # origin p: the pieces (and so the sums) of a whole-video call, each output frame bit for bit
             out = winograd_conv(padded.flatten(0, 1), w, conv.bias, frames, pieces, (lo - p, hi - p), origin=p)
             return out, lo

@@ -160,7 +160,7 @@ def conv3d_as_taps(conv: nn.Conv3d, x: torch.Tensor, num_frames: int, piece_fram
     w = conv.weight
     if not torch.is_grad_enabled() and num_frames > 1 and x.shape[0]:
         if winograd_pays(conv, x):
-            return winograd_conv(x, w, conv.bias, num_frames, winograd_piece_frames(x, piece_frames))
+            return winograd_conv(x, w, conv.bias, num_frames, winograd_piece_frames(piece_frames))
         stacked = x.shape[-2] * x.shape[-1] <= STACKED_MAX_PIXELS
         step = num_frames if piece_frames is None or piece_frames < 1 else piece_frames
         if stacked or step < num_frames:
@@ -209,7 +209,7 @@ def winograd_pays(conv: nn.Conv3d, x: torch.Tensor) -> bool:
     )
 
 
-def winograd_piece_frames(x: torch.Tensor, piece_frames: int | None) -> int | None:
+def winograd_piece_frames(piece_frames: int | None) -> int | None:
     """Output frames per Winograd piece: a quarter of ``piece_frames`` (at least 1): the Winograd-domain tiles of a
     piece take about 4x its input, so the pieces' temporaries stay near those of the tap convs."""
     if piece_frames is None or piece_frames < 1:

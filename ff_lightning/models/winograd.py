@@ -5,7 +5,8 @@ F(2x2, 3x3) (Lavin & Gray, 2016) transforms every tile (``B^T d B``) and every k
 domain where the convolution becomes 16 independent matrix products over channels, then maps the products back
 (``A^T m A``): 16 multiplies per output block and channel pair instead of 36 (2.25x fewer). A temporal tap is one more
 product in the same domain (the tiles of the neighbouring frame), so a 3x3x3 Conv3d over the frames of a video costs
-3 x 16 instead of 3 x 36 multiplies per block, with each frame transformed once.
+3 x 16 instead of 3 x 36 multiplies per block, each frame's tiles transformed once for all three taps (once per
+piece of frames that reads it).
 
 Only the order of float summation differs from a direct convolution (the transforms use the exact constants 0, 1,
 +-1/2); ``tests/test_winograd.py`` compares against ``F.conv2d`` / ``nn.Conv3d``. Forward only: for code that runs
@@ -101,7 +102,6 @@ def winograd_conv(
     num_frames: int = 1,
     piece_frames: int | None = None,
     out_frames: tuple[int, int] | None = None,
-    transformed: torch.Tensor | None = None,
     origin: int = 0,
 ) -> torch.Tensor:
     """A "same" 3x3 conv (``weight`` ``(o, c, 3, 3)``) on every row of ``x`` ``(n, c, h, w)``, or a 3x3x3 Conv3d
@@ -111,8 +111,7 @@ def winograd_conv(
     Returns ``(n, o, h, w)``; with ``out_frames=(a, e)`` (3x3x3 only) just output frames ``a .. e - 1`` of each
     video, ``(b (e - a)) o h w`` (frames outside the video read as zeros). ``piece_frames``: output frames (rows, for
     a 2D kernel) per piece; the Winograd-domain temporaries exist for one piece at a time (each piece transforms the
-    frames it reads, so a piece of ``p`` frames transforms ``p + 2``). ``transformed``: :func:`winograd_weight` of
-    ``weight``, if already computed. ``origin``: pieces end where ``frame + origin`` is a multiple of
+    frames it reads, so a piece of ``p`` frames transforms ``p + 2``). ``origin``: pieces end where ``frame + origin`` is a multiple of
     ``piece_frames`` (a caller that passes a window of a longer video gives the window's offset, so that every output
     frame is computed by the same products as in a whole-video call).
     """
@@ -128,7 +127,7 @@ def winograd_conv(
     first, last = (0, t) if out_frames is None or kt == 1 else out_frames
     if not 0 <= first <= last <= t:
         raise ValueError(f"out_frames {out_frames} outside the {t} frames of a video")
-    u = winograd_weight(weight) if transformed is None else transformed  # 16 kt o c
+    u = winograd_weight(weight)  # 16 kt o c
     o = u.shape[2]
     tiles = (h // 2) * (w // 2)
     step = max(1, (last - first) if piece_frames is None or piece_frames < 1 else piece_frames)
